@@ -36,6 +36,7 @@ __all__ = [
     "spatial_terms",
     "check_decomposition",
     "head_label",
+    "head_terms_from_z",
     "DecompositionError",
 ]
 
@@ -104,6 +105,23 @@ def _to_joint(model: HookedViT, c: torch.Tensor, share: float, mu: torch.Tensor,
     return x @ model.proj
 
 
+def head_terms_from_z(
+    model: HookedViT, layer: int, z_cls: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """Joint-space terms ``[batch, head, d_embed]`` of one layer's heads (not divided by the norm).
+
+    Args:
+        z_cls: ``[batch, head, d_head]`` the layer's ``hook_z`` at the class token.
+        mu, sigma: ``[batch, 1]`` ln_post mean and scale of the class token.
+    """
+    attn = model.blocks[layer].attn
+    r = torch.einsum("bhd,hdm->bhm", z_cls, attn.W_O) + attn.out_proj_bias / model.cfg.heads
+    ls = model.blocks[layer].ls_1
+    if ls is not None:
+        r = r * ls
+    return _to_joint(model, r, _shares(model)[1], mu, sigma)
+
+
 def _layer_list(model: HookedViT, layers: Sequence[int] | None) -> tuple[int, ...]:
     L = model.cfg.layers
     if layers is None:
@@ -161,17 +179,9 @@ def decompose(
     mlp_like = torch.stack([store["embed"]] + [store[f"mlp{l}"] for l in range(model.cfg.layers)], 1)
     mlps = _to_joint(model, mlp_like, s_mlp, mu, sigma)
 
-    head_terms = []
-    for l in keep:
-        attn = model.blocks[l].attn
-        ls = model.blocks[l].ls_1
-        r = torch.einsum("bhd,hdm->bhm", store[f"z{l}"], attn.W_O) + attn.out_proj_bias / H
-        if ls is not None:
-            r = r * ls
-        head_terms.append(r)
     d_embed = model.cfg.d_embed
-    if head_terms:
-        heads = _to_joint(model, torch.stack(head_terms, 1), s_head, mu, sigma)
+    if keep:
+        heads = torch.stack([head_terms_from_z(model, l, store[f"z{l}"], mu, sigma) for l in keep], 1)
     else:
         heads = e.new_zeros(B, 0, H, d_embed)
 

@@ -1,0 +1,298 @@
+"""Correct: mean-ablate spurious heads and inject class knowledge into salient heads.
+
+A :class:`Correction` is a pure description of the edit; it can be applied
+
+* to cached decompositions (:func:`corrected_logits`, :func:`corrected_embedding`), or
+* live to new images through hooks on the hooked model (:class:`DebiasedEncoder`).
+
+Both paths compute the same *direct-path* edit: ``ln_post``'s statistics and the embedding norm
+come from the unedited forward pass and nothing propagates to later layers, so on the same
+images the two agree to float precision.
+
+**Mean ablation** replaces a head's term by its mean over a *reference split* (never the split
+being evaluated unless you ask for it by passing that split as the reference).
+
+**Knowledge injection** (RoboShot's "accept" step applied to one head): with an orthonormal
+basis ``q_1..q_r`` of text differences ``e(a_j) - e(b_j)``, for each ``q``::
+
+    x <- x + strength * cos(x, q) * q      then, in paper mode, x <- x / ||x||
+
+In the paper-faithful mode (``renormalize=True``, ``strength=1``) every injected head ends as a
+*unit* vector. The whole embedding is itself unit-norm and a single head is usually a small
+part of it (a norm of 0.05-0.3), so this silently multiplies the head's weight by ``1/||x||``:
+most of the effect of injection in the reference is this up-weighting. With
+``renormalize=False`` the edit is ``x <- x + strength * (x . q) q`` for each ``q`` (the head's
+component along the concept directions is scaled by ``1 + strength``) and its scale is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .decompose import _layer_list, head_terms_from_z, head_label
+from .lens import LogitLens
+from .store import Terms
+
+__all__ = [
+    "Correction",
+    "head_means",
+    "orthonormal_basis",
+    "inject",
+    "corrected_logits",
+    "corrected_embedding",
+    "head_delta",
+    "DebiasedEncoder",
+]
+
+Head = tuple[int, int]
+
+
+@torch.inference_mode()
+def head_means(terms: Terms, rows: np.ndarray | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Mean of every head's term over images, ``[layer, head, d_embed]`` (float64 accumulation).
+
+    Args:
+        terms: the reference split's terms.
+        rows: optional subset of images (e.g. ``store.valid``'s indices).
+    """
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+    n = len(terms) if rows is None else len(rows)
+    if n == 0:
+        raise ValueError("cannot take a mean over zero images")
+    acc = torch.zeros(terms.heads.shape[1:], dtype=torch.float64)
+    for i in range(0, n, chunk):
+        sl = slice(i, min(i + chunk, n)) if rows is None else rows[i : i + chunk]
+        acc += terms.heads_t(sl).double().sum(0)
+    return (acc / n).float()
+
+
+def orthonormal_basis(directions: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """Orthonormal basis ``[r, d_embed]`` of the span of ``directions [m, d_embed]`` (reduced QR).
+
+    The basis follows the order of the directions (Gram-Schmidt order); a direction that is
+    (numerically) in the span of the previous ones is dropped.
+    """
+    d = directions.detach().double()
+    if d.dim() != 2 or d.shape[0] == 0:
+        raise ValueError(f"directions must be [m, d_embed] with m >= 1, got {tuple(d.shape)}")
+    q, r = torch.linalg.qr(d.T, mode="reduced")
+    keep = r.diagonal().abs() > tol * d.norm(dim=1).max()
+    if not keep.any():
+        raise ValueError("all concept directions are zero: are the two texts of each pair identical?")
+    return (q[:, keep] * r.diagonal()[keep].sign()).T.float()
+
+
+def inject(x: torch.Tensor, basis: torch.Tensor, strength: float = 1.0, renormalize: bool = True) -> torch.Tensor:
+    """Amplify ``x [n, d_embed]`` along orthonormal ``basis [r, d_embed]``.
+
+    ``renormalize=True`` (paper): ``x <- x + strength * cos(x, q) q``, then ``x <- x / ||x||``,
+    for each ``q`` in order. ``renormalize=False``: ``x <- x + strength * (x . q) q`` for each
+    ``q`` (order-free, scale kept).
+    """
+    x = x.float()
+    if renormalize:
+        for q in basis:
+            cos = (F.normalize(x, dim=-1) @ q)[:, None]
+            x = F.normalize(x + strength * cos * q, dim=-1)
+        return x
+    return x + strength * (x @ basis.T) @ basis
+
+
+@dataclass
+class Correction:
+    """An LTC edit: ablate some heads, inject knowledge into others.
+
+    Attributes:
+        ablate: heads whose term is replaced by ``ablate_values``.
+        ablate_values: ``[len(ablate), d_embed]`` replacement terms (reference means); zeros for
+            zero ablation.
+        reference: where the replacement came from ("val", "train", "zero", ...).
+        inject: heads that get knowledge injection.
+        basis: ``[r, d_embed]`` orthonormal concept directions (see :func:`orthonormal_basis`).
+        strength, renormalize: see :func:`inject`.
+    """
+
+    ablate: list[Head] = field(default_factory=list)
+    ablate_values: torch.Tensor | None = None
+    reference: str = ""
+    inject: list[Head] = field(default_factory=list)
+    basis: torch.Tensor | None = None
+    strength: float = 1.0
+    renormalize: bool = True
+
+    def __post_init__(self) -> None:
+        self.ablate = [(int(l), int(h)) for l, h in self.ablate]
+        self.inject = [(int(l), int(h)) for l, h in self.inject]
+        both = set(self.ablate) & set(self.inject)
+        if both:
+            raise ValueError(f"heads {sorted(both)} are both ablated and injected; pick one edit per head")
+        if self.ablate and (self.ablate_values is None or self.ablate_values.shape[0] != len(self.ablate)):
+            raise ValueError("ablate_values must be [len(ablate), d_embed]; build it with Correction.mean_ablation")
+        if self.inject and self.basis is None:
+            raise ValueError("injection needs a basis of concept directions (orthonormal_basis(pair_directions(...)))")
+
+    @classmethod
+    def mean_ablation(cls, heads: Sequence[Head], means: torch.Tensor, layers: Sequence[int],
+                      reference: str) -> "Correction":
+        """Mean-ablate ``heads`` with ``means [layer, head, d_embed]`` from :func:`head_means`.
+
+        ``reference`` names the split the means were taken on; it is recorded, and evaluating
+        on that same split is then an explicit, visible choice.
+        """
+        if not reference:
+            raise ValueError("name the reference split the means were computed on (reference='val')")
+        layers = list(layers)
+        heads = [(int(l), int(h)) for l, h in heads]
+        vals = torch.stack([means[layers.index(l), h] for l, h in heads]) if heads else None
+        return cls(ablate=heads, ablate_values=vals, reference=reference)
+
+    @classmethod
+    def zero_ablation(cls, heads: Sequence[Head], d_embed: int) -> "Correction":
+        """Zero-ablate ``heads`` (their term is removed)."""
+        heads = [(int(l), int(h)) for l, h in heads]
+        return cls(ablate=heads, ablate_values=torch.zeros(len(heads), d_embed) if heads else None, reference="zero")
+
+    def with_injection(self, heads: Sequence[Head], basis: torch.Tensor, strength: float = 1.0,
+                       renormalize: bool = True) -> "Correction":
+        """A copy that also injects the concept ``basis`` into ``heads``."""
+        return Correction(self.ablate, self.ablate_values, self.reference, list(heads), basis, strength, renormalize)
+
+    def describe(self) -> dict:
+        return {"ablate": [head_label(*h) for h in self.ablate], "reference": self.reference,
+                "inject": [head_label(*h) for h in self.inject], "strength": self.strength,
+                "renormalize": self.renormalize,
+                "n_directions": 0 if self.basis is None else int(self.basis.shape[0])}
+
+
+def head_delta(heads: torch.Tensor, layers: Sequence[int], correction: Correction) -> torch.Tensor:
+    """Change of the summed embedding ``[n, d_embed]`` that ``correction`` makes.
+
+    Args:
+        heads: ``[n, layer, head, d_embed]`` normalized terms of (at least) the edited layers.
+        layers: the layer index of each ``heads`` row.
+    """
+    layers = list(layers)
+    delta = torch.zeros(heads.shape[0], heads.shape[-1], dtype=torch.float32, device=heads.device)
+    for (l, h), v in zip(correction.ablate, correction.ablate_values if correction.ablate else []):
+        x = heads[:, _pos(layers, l), h].float()
+        delta += v.to(delta) - x
+    for l, h in correction.inject:
+        x = heads[:, _pos(layers, l), h].float()
+        delta += inject(x, correction.basis.to(delta), correction.strength, correction.renormalize) - x
+    return delta
+
+
+def _pos(layers: list[int], l: int) -> int:
+    try:
+        return layers.index(l)
+    except ValueError:
+        raise ValueError(f"head in layer {l} is not among the captured layers {layers}") from None
+
+
+@torch.inference_mode()
+def corrected_logits(lens: LogitLens, correction: Correction, terms: Terms | None = None,
+                     classifier: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits ``[n, n_class]`` after the correction, computed on the logit lens.
+
+    Ablation is pure arithmetic on the lens. Injection needs the injected heads' terms, read
+    from ``terms`` (the same images as the lens, e.g. ``store.terms``).
+    ``classifier`` replaces the lens's classifier (e.g. an Ortho-Cali one): then the full edited
+    embedding is classified instead.
+    """
+    if classifier is not None:
+        return corrected_embedding(lens, correction, terms) @ classifier.float()
+    W = lens.classifier
+    logits = lens.logits().clone()
+    for (l, h), v in zip(correction.ablate, correction.ablate_values if correction.ablate else []):
+        li = lens.layer_pos(l)
+        logits += (v.float() @ W)[None] - lens.head[:, li, h]
+    if correction.inject:
+        logits += _inject_delta(lens, correction, terms) @ W
+    return logits
+
+
+def _inject_delta(lens: LogitLens, correction: Correction, terms: Terms | None) -> torch.Tensor:
+    if terms is None:
+        raise ValueError("injection needs the terms of the injected heads: pass terms=store.terms")
+    if len(terms) != len(lens):
+        raise ValueError(f"terms ({len(terms)} images) and lens ({len(lens)}) do not describe the same images")
+    only_inject = Correction(inject=correction.inject, basis=correction.basis, strength=correction.strength,
+                             renormalize=correction.renormalize)
+    layers = list(terms.layers)
+    delta = torch.zeros(len(lens), lens.total.shape[1])
+    for sl in terms.chunks():
+        delta[sl] = head_delta(terms.heads_t(sl), layers, only_inject)
+    return delta
+
+
+@torch.inference_mode()
+def corrected_embedding(lens: LogitLens, correction: Correction, terms: Terms | None = None) -> torch.Tensor:
+    """The edited summed embedding ``[n, d_embed]`` (not renormalised)."""
+    total = lens.total.clone()
+    if correction.ablate:
+        if terms is None:
+            raise ValueError("pass terms=store.terms to rebuild edited embeddings")
+        only_ablate = Correction(ablate=correction.ablate, ablate_values=correction.ablate_values,
+                                 reference=correction.reference)
+        for sl in terms.chunks():
+            total[sl] += head_delta(terms.heads_t(sl), list(terms.layers), only_ablate)
+    if correction.inject:
+        total += _inject_delta(lens, correction, terms)
+    return total
+
+
+class DebiasedEncoder:
+    """A debiased image encoder for new images: the correction applied live through hooks.
+
+    ``encoder(pixels) -> [batch, d_embed]`` runs the hooked model once; hooks read the edited
+    layers' ``hook_z`` at the class token and the ``ln_post`` statistics, and a hook on
+    ``hook_image_embed`` adds the direct-path change. The result equals the cached correction
+    of the same images (terms normalized by the unedited norm) to float precision.
+
+    Example::
+
+        >>> enc = ltc.correct.DebiasedEncoder(model, correction)          # doctest: +SKIP
+        >>> logits = enc(pixels) @ classifier                             # doctest: +SKIP
+    """
+
+    def __init__(self, model, correction: Correction, normalize: bool = True):
+        self.model = model
+        self.hooked = getattr(model, "hooked", model)
+        self.correction = correction
+        self.normalize = normalize
+        self.layers = sorted({l for l, _ in correction.ablate + correction.inject})
+        _layer_list(self.hooked, self.layers)  # validates the layer indices
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(key: str, row0: bool):
+            def hook(act, hook):
+                store[key] = act[:, 0] if row0 else act
+            return hook
+
+        def edit(act, hook):
+            norm = act.norm(dim=-1, keepdim=True)
+            store["_norm"] = norm
+            if self.layers:
+                heads = torch.stack([head_terms_from_z(self.hooked, l, store[f"z{l}"], store["mu"], store["sigma"])
+                                     for l in self.layers], 1) / norm[:, :, None, None]
+                act = act + norm * head_delta(heads, self.layers, self.correction).to(act)
+            return act
+
+        hooks = [("ln_post.hook_mean", grab("mu", False)), ("ln_post.hook_scale", grab("sigma", False))]
+        hooks += [(f"blocks.{l}.attn.hook_z", grab(f"z{l}", True)) for l in self.layers]
+        hooks.append(("hook_image_embed", edit))
+        dev = next(self.hooked.parameters()).device
+        out = self.hooked.run_with_hooks(pixels.to(dev), fwd_hooks=hooks)
+        # normalized: divide by the *unedited* norm, as the cached (normalized) terms are
+        return out / store["_norm"] if self.normalize else out

@@ -1,0 +1,397 @@
+"""A streaming, resumable, memory-mapped store of per-image decompositions.
+
+Layout of one store (one model x weights x dataset x split)::
+
+    <dir>/meta.json        model, weights fingerprint, dataset, split, count, dtype, layers,
+                           normalized, package version, fingerprint, label names
+    <dir>/labels.npz       y, spurious, group, ids, [candidates], extra label arrays (no pickle)
+    <dir>/heads.npy        [n, layer, head, d_embed]   (dtype: float16 or float32)
+    <dir>/mlps.npy         [n, n_layers + 1, d_embed]  index 0 = embedding term
+    <dir>/rest.npy         [n, d_embed]                only when some layers are not captured
+    <dir>/norm.npy         [n] float32                 unedited embedding norm
+    <dir>/valid.npy        [n] bool                    False for images skipped as unreadable
+    <dir>/progress.json    shards completed (written atomically after each shard is flushed)
+
+The arrays are pre-allocated ``.npy`` files (created under a temporary name, then renamed) and
+filled shard by shard; a shard counts as written only once ``progress.json`` says so, and that
+file is replaced atomically after the shard's rows are flushed. A killed capture therefore
+never leaves a half-written shard marked valid: re-running ``capture`` with the same arguments
+resumes at the first unfinished shard. A store whose fingerprint does not match the requested
+model / data / settings is refused (or rebuilt with ``rebuild=True``). Nothing is pickled.
+
+Example::
+
+    >>> store = ltc.store.capture(model, dataset, "cache")            # doctest: +SKIP
+    >>> store.heads.shape, store.heads.dtype                          # doctest: +SKIP
+    ((2000, 4, 4, 64), dtype('float16'))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .datasets.base import DatasetError, GroupDataset
+from .decompose import decompose, head_label
+
+__all__ = ["ActivationStore", "StoreError", "StoreMismatchError", "capture", "store_dir", "Terms", "atomic_write"]
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete or unreadable."""
+
+
+class StoreMismatchError(StoreError):
+    """A store exists at the path but was made from other inputs."""
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that readers see either the old or the new content, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "none"
+
+
+def store_dir(root: str | os.PathLike, model, dataset: GroupDataset) -> Path:
+    """Default location ``root/<model>/<weights>/<dataset>/<split>`` of a store."""
+    weights = model.fingerprint.split(":")[-1][:16] if model.fingerprint != "random" else "random"
+    return Path(root) / _slug(model.name) / _slug(weights) / _slug(dataset.name) / _slug(dataset.split)
+
+
+@dataclass
+class Terms:
+    """Decomposition terms of a set of images, as arrays (memory-mapped or in RAM).
+
+    Attributes:
+        heads: ``[n, layer, head, d_embed]``; mlps ``[n, n_layers + 1, d_embed]``;
+        rest: ``[n, d_embed]`` or None (all layers captured); norm: ``[n]``.
+        layers: captured layer indices; normalized: terms divided by the embedding norm.
+    """
+
+    heads: Any
+    mlps: Any
+    rest: Any
+    norm: Any
+    layers: tuple[int, ...]
+    normalized: bool
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.heads.shape[2])
+
+    def labels(self) -> list[str]:
+        """``L{l}H{h}`` labels in ``heads.reshape(n, -1)`` order."""
+        return [head_label(l, h) for l in self.layers for h in range(self.n_heads)]
+
+    def chunks(self, size: int = 1024) -> Iterator[slice]:
+        """Row slices of at most ``size`` images."""
+        for i in range(0, len(self), size):
+            yield slice(i, min(i + size, len(self)))
+
+    def heads_t(self, sl: slice | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+        """``heads[sl]`` as float32 torch."""
+        return torch.from_numpy(np.array(self.heads[sl], dtype=np.float32)).to(device)
+
+    def static_t(self, sl: slice | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Sum of the non-head terms (MLPs, embedding, rest) ``[rows, d_embed]`` as float32 torch."""
+        s = torch.from_numpy(np.array(self.mlps[sl], dtype=np.float32)).to(device).sum(1)
+        if self.rest is not None:
+            s = s + torch.from_numpy(np.array(self.rest[sl], dtype=np.float32)).to(device)
+        return s
+
+    def take(self, index: np.ndarray) -> "Terms":
+        """Rows at ``index`` loaded into RAM (float32 numpy)."""
+        idx = np.asarray(index)
+        f = lambda a: None if a is None else np.asarray(a[idx], dtype=np.float32)  # noqa: E731
+        return Terms(f(self.heads), f(self.mlps), f(self.rest), np.asarray(self.norm[idx]), self.layers,
+                     self.normalized)
+
+
+class ActivationStore:
+    """A completed store opened read-only; arrays are ``np.memmap`` (nothing loaded up front)."""
+
+    def __init__(self, path: str | os.PathLike, allow_partial: bool = False):
+        self.path = Path(path)
+        meta_p = self.path / "meta.json"
+        if not meta_p.is_file():
+            raise StoreError(f"no activation store at {self.path} (meta.json missing); create it with ltc.store.capture")
+        self.meta: dict = json.loads(meta_p.read_text())
+        prog = _read_progress(self.path)
+        self.complete = prog["done"] == self.meta["n_shards"]
+        if not self.complete and not allow_partial:
+            raise StoreError(
+                f"store {self.path} is incomplete ({prog['done']}/{self.meta['n_shards']} shards); "
+                "re-run ltc.store.capture with the same arguments to resume it"
+            )
+        with np.load(self.path / "labels.npz", allow_pickle=False) as z:
+            self.labels: dict[str, np.ndarray] = {k: z[k] for k in z.files}
+        mm = lambda name: np.load(self.path / f"{name}.npy", mmap_mode="r")  # noqa: E731
+        self.terms = Terms(
+            mm("heads"), mm("mlps"), mm("rest") if self.meta["has_rest"] else None, mm("norm"),
+            tuple(self.meta["layers"]), bool(self.meta["normalized"]),
+        )
+        self.valid: np.ndarray = np.load(self.path / "valid.npy")
+
+    def __len__(self) -> int:
+        return int(self.meta["n"])
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"ActivationStore({m['dataset']}/{m['split']}, n={m['n']}, model={m['model']['model']}, "
+                f"dtype={m['dtype']}, layers={m['layers']})")
+
+    @property
+    def heads(self) -> np.memmap:
+        return self.terms.heads
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.labels["y"]
+
+    @property
+    def group(self) -> np.ndarray:
+        return self.labels["group"]
+
+    @property
+    def spurious(self) -> np.ndarray:
+        return self.labels["spurious"]
+
+    @property
+    def candidates(self) -> np.ndarray | None:
+        return self.labels.get("candidates")
+
+    def nbytes_per_image(self) -> float:
+        """Bytes on disk per image over all arrays."""
+        total = sum(f.stat().st_size for f in self.path.glob("*.npy"))
+        return total / max(len(self), 1)
+
+
+def _read_progress(path: Path) -> dict:
+    p = path / "progress.json"
+    if not p.is_file():
+        return {"done": 0}
+    return json.loads(p.read_text())
+
+
+def _fingerprint(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _new_array(path: Path, shape: tuple[int, ...], dtype) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    del arr
+    os.replace(tmp, path)
+
+
+def capture(
+    model,
+    dataset: GroupDataset,
+    root: str | os.PathLike | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    shard_size: int = 512,
+    dtype: str = "float16",
+    layers: Sequence[int] | None = None,
+    normalized: bool = True,
+    skip_bad: bool = False,
+    rebuild: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Decompose every image of ``dataset`` and stream the terms to disk; resume if interrupted.
+
+    Args:
+        model: a :class:`~ltcutils.models.LoadedModel`.
+        dataset: the split to capture.
+        root: store root; the store goes to :func:`store_dir` under it (or give ``path``).
+        batch_size: images per forward pass. shard_size: images per resumable unit.
+        dtype: "float16" (half the disk) or "float32".
+        layers: attention layers to keep per head (default all; the others go into ``rest``).
+        normalized: divide terms by the embedding norm (terms sum to the unit embedding).
+        skip_bad: an unreadable image is recorded as invalid (``store.valid``) instead of raising.
+        rebuild: delete and rebuild a store made from other inputs instead of refusing it.
+        device: where to run the model (default: the model's device). Results move to CPU per batch.
+
+    Returns:
+        the completed :class:`ActivationStore`.
+
+    Raises:
+        StoreMismatchError: a store at the path was made from another model / data / settings.
+        DatasetError: an image cannot be read (and ``skip_bad`` is False). Finished shards stay.
+    """
+    if path is None:
+        if root is None:
+            raise ValueError("give either root (a cache folder) or path (the store's own folder)")
+        path = store_dir(root, model, dataset)
+    path = Path(path)
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    hooked = model.hooked
+    cfg = hooked.cfg
+    from .decompose import _layer_list
+
+    keep = _layer_list(hooked, layers)
+    n = len(dataset)
+    if n == 0:
+        raise DatasetError(f"{dataset.name}/{dataset.split} is empty; nothing to capture")
+    spec = {
+        "format": FORMAT_VERSION,
+        "model": model.describe(),
+        "dataset": {"name": dataset.name, "split": dataset.split, "fingerprint": dataset.fingerprint(), "n": n},
+        "dtype": dtype,
+        "layers": list(keep),
+        "normalized": normalized,
+        "shard_size": shard_size,
+    }
+    fp = _fingerprint(spec)
+    meta_p = path / "meta.json"
+    if meta_p.is_file():
+        old = json.loads(meta_p.read_text())
+        if old.get("fingerprint") != fp:
+            if not rebuild:
+                raise StoreMismatchError(
+                    f"the store at {path} was made from other inputs (fingerprint {old.get('fingerprint')} != {fp}: "
+                    f"model {old.get('model', {}).get('model')}/{old.get('model', {}).get('weights')}, dataset "
+                    f"{old.get('dataset')}/{old.get('split')} n={old.get('n')}, dtype {old.get('dtype')}, layers "
+                    f"{old.get('layers')}). Use another path, or pass rebuild=True to replace it."
+                )
+            shutil.rmtree(path)
+        elif _read_progress(path)["done"] == old["n_shards"]:
+            return ActivationStore(path)
+
+    n_shards = (n + shard_size - 1) // shard_size
+    if not meta_p.is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        np_dtype = np.float16 if dtype == "float16" else np.float32
+        _new_array(path / "heads.npy", (n, len(keep), cfg.heads, cfg.d_embed), np_dtype)
+        _new_array(path / "mlps.npy", (n, cfg.layers + 1, cfg.d_embed), np_dtype)
+        has_rest = len(keep) < cfg.layers
+        if has_rest:
+            _new_array(path / "rest.npy", (n, cfg.d_embed), np_dtype)
+        _new_array(path / "norm.npy", (n,), np.float32)
+        np.save(path / "valid.npy", np.ones(n, dtype=bool))
+        labels = {"y": dataset.y, "spurious": dataset.spurious, "group": dataset.group,
+                  "ids": np.asarray(dataset.ids, dtype=str)}
+        if dataset.candidates is not None:
+            labels["candidates"] = dataset.candidates
+        for k, v in dataset.extra.items():
+            labels[f"extra_{k}"] = np.asarray(v)
+        buf = _npz_bytes(labels)
+        atomic_write(path / "labels.npz", buf)
+        meta = dict(spec, fingerprint=fp, n=n, n_shards=n_shards, has_rest=has_rest, model=model.describe(),
+                    dataset=dataset.name, split=dataset.split, dataset_fingerprint=dataset.fingerprint(),
+                    dataset_info=dataset.info, class_names=dataset.class_names,
+                    spurious_names=dataset.spurious_names, group_names=dataset.group_names,
+                    package_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write(meta_p, json.dumps(meta, indent=1, default=str))
+    meta = json.loads(meta_p.read_text())
+
+    start = _read_progress(path)["done"]
+    heads_mm = np.load(path / "heads.npy", mmap_mode="r+")
+    mlps_mm = np.load(path / "mlps.npy", mmap_mode="r+")
+    rest_mm = np.load(path / "rest.npy", mmap_mode="r+") if meta["has_rest"] else None
+    norm_mm = np.load(path / "norm.npy", mmap_mode="r+")
+    valid = np.load(path / "valid.npy")
+    dev = torch.device(device) if device is not None else next(hooked.parameters()).device
+    bar = _progress(total=n, initial=min(start * shard_size, n), desc=f"capture {dataset.name}/{dataset.split}",
+                    enabled=progress)
+    for s in range(start, n_shards):
+        lo, hi = s * shard_size, min((s + 1) * shard_size, n)
+        for b in range(lo, hi, batch_size):
+            idx = list(range(b, min(b + batch_size, hi)))
+            pixels, ok = _load_batch(model, dataset, idx, skip_bad)
+            rows = np.asarray(idx)[ok]
+            valid[np.asarray(idx)[~ok]] = False
+            if len(rows):
+                d = decompose(hooked, pixels.to(dev), layers=keep, normalized=normalized)
+                heads_mm[rows] = d.heads.cpu().numpy()
+                mlps_mm[rows] = d.mlps.cpu().numpy()
+                if rest_mm is not None:
+                    rest_mm[rows] = d.rest.cpu().numpy()
+                norm_mm[rows] = d.norm.cpu().numpy()
+            bar.update(len(idx))
+        for mm in (heads_mm, mlps_mm, rest_mm, norm_mm):
+            if mm is not None:
+                mm.flush()
+        atomic_write(path / "valid.npy", _npy_bytes(valid))
+        atomic_write(path / "progress.json", json.dumps({"done": s + 1}))
+    bar.close()
+    del heads_mm, mlps_mm, rest_mm, norm_mm
+    if not valid.all():
+        log.warning("%s/%s: %d unreadable images were skipped (store.valid marks them)", dataset.name,
+                    dataset.split, int((~valid).sum()))
+    return ActivationStore(path)
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.savez(b, **arrays)
+    return b.getvalue()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, arr)
+    return b.getvalue()
+
+
+def _load_batch(model, dataset: GroupDataset, idx: list[int], skip_bad: bool) -> tuple[torch.Tensor, np.ndarray]:
+    ims, ok = [], np.ones(len(idx), dtype=bool)
+    for j, i in enumerate(idx):
+        try:
+            ims.append(model.preprocess(dataset.image(i)))
+        except (OSError, ValueError, DatasetError) as exc:
+            if not skip_bad:
+                raise DatasetError(
+                    f"{dataset.name}/{dataset.split}: cannot read image {i} ({dataset.ids[i]}): {exc}. "
+                    "Finished shards are kept; fix or remove the file and re-run, or pass skip_bad=True."
+                ) from exc
+            ok[j] = False
+    if not ims:
+        size = model.hooked.cfg.image_size
+        return torch.zeros(0, 3, size, size), ok
+    return torch.stack(ims), ok
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="img")
