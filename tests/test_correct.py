@@ -1,0 +1,84 @@
+"""Corrections do what their algebra says, on cached terms and live."""
+
+import numpy as np
+import pytest
+import torch
+
+import ltcutils as ltc
+from conftest import make_fake_dataset
+from ltcutils.correct import Correction, DebiasedEncoder, corrected_embedding, corrected_logits, head_means, inject, orthonormal_basis
+
+
+def test_orthonormal_basis_drops_dependent_directions():
+    d = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    q = orthonormal_basis(d)
+    assert q.shape == (2, 3)
+    assert torch.allclose(q @ q.T, torch.eye(2), atol=1e-6)
+    assert torch.allclose(q[0], torch.tensor([1.0, 1.0, 0.0]) / 2**0.5)
+    with pytest.raises(ValueError, match="identical"):
+        orthonormal_basis(torch.zeros(2, 3))
+
+
+def test_inject_paper_mode_by_hand():
+    x = torch.tensor([[3.0, 4.0]])  # cos with e1 = 0.6
+    q = torch.tensor([[1.0, 0.0]])
+    out = inject(x, q)  # (3 + 0.6, 4) normalised
+    expected = torch.tensor([[3.6, 4.0]]) / (3.6**2 + 16) ** 0.5
+    assert torch.allclose(out, expected) and torch.allclose(out.norm(), torch.tensor(1.0))
+    # without renormalisation: the component along q is scaled by (1 + strength)
+    assert torch.allclose(inject(x, q, strength=0.5, renormalize=False), torch.tensor([[4.5, 4.0]]))
+
+
+@pytest.fixture(scope="module")
+def cached(tiny, tmp_path_factory):
+    torch.manual_seed(0)
+    ds = make_fake_dataset(32)
+    st = ltc.store.capture(tiny, ds, tmp_path_factory.mktemp("s"), dtype="float32", progress=False)
+    W = torch.nn.functional.normalize(torch.randn(64, 3), dim=0)
+    return ds, st, W, ltc.lens.logit_lens(st.terms, W)
+
+
+def test_mean_ablation_replaces_the_term(cached):
+    ds, st, W, lens = cached
+    means = head_means(st.terms)
+    assert torch.allclose(means, torch.from_numpy(np.array(st.heads)).float().mean(0), atol=1e-6)
+    corr = Correction.mean_ablation([(3, 1), (0, 2)], means, st.terms.layers, reference="ref")
+    heads = torch.from_numpy(np.array(st.heads))
+    edited = heads.clone()
+    edited[:, 3, 1] = means[3, 1]
+    edited[:, 0, 2] = means[0, 2]
+    expected = edited.sum((1, 2)) + st.terms.static_t(slice(None))
+    assert torch.allclose(corrected_embedding(lens, corr, st.terms), expected, atol=1e-5)
+    assert torch.allclose(corrected_logits(lens, corr, st.terms), expected @ W, atol=1e-5)
+    # the mean over the edited split is unchanged by mean ablation
+    assert torch.allclose(corrected_embedding(lens, corr, st.terms).mean(0), lens.total.mean(0), atol=1e-5)
+
+
+def test_zero_ablation_and_injection(cached):
+    ds, st, W, lens = cached
+    heads = torch.from_numpy(np.array(st.heads))
+    corr = Correction.zero_ablation([(1, 1)], 64)
+    assert torch.allclose(corrected_embedding(lens, corr, st.terms), lens.total - heads[:, 1, 1], atol=1e-5)
+    q = orthonormal_basis(torch.randn(2, 64, generator=torch.Generator().manual_seed(3)))
+    corr = corr.with_injection([(2, 0)], q)
+    x = heads[:, 2, 0]
+    expected = lens.total - heads[:, 1, 1] - x + inject(x, q)
+    assert torch.allclose(corrected_embedding(lens, corr, st.terms), expected, atol=1e-5)
+    assert torch.allclose(corrected_logits(lens, corr, st.terms), expected @ W, atol=1e-5)
+    with pytest.raises(ValueError, match="both ablated and injected"):
+        Correction.zero_ablation([(2, 0)], 64).with_injection([(2, 0)], q)
+    with pytest.raises(ValueError, match="pass terms"):
+        corrected_logits(lens, corr)
+
+
+def test_live_encoder_equals_cached_edit(tiny, cached):
+    ds, st, W, lens = cached
+    means = head_means(st.terms)
+    q = orthonormal_basis(torch.randn(3, 64, generator=torch.Generator().manual_seed(1)))
+    corr = Correction.mean_ablation([(1, 2), (3, 3)], means, st.terms.layers, "ref").with_injection([(2, 1)], q, 0.7)
+    px = torch.stack([tiny.preprocess(ds.image(i)) for i in range(8)])
+    live = DebiasedEncoder(tiny, corr)(px)
+    assert torch.allclose(live, corrected_embedding(lens, corr, st.terms)[:8], atol=1e-5)
+    # no edit: the live encoder is the plain normalised encoder
+    plain = DebiasedEncoder(tiny, Correction())(px)
+    assert torch.allclose(plain, tiny.encode_image(px), atol=1e-6)

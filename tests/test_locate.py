@@ -1,0 +1,104 @@
+"""Locate: margins, top-head frequencies and the selection rules, checked by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from ltcutils.lens import LogitLens, predict_logits
+from ltcutils.locate import HeadSelection, LocateError, choose_k, locate, margins, top_head_frequencies
+
+
+def _lens(head_logits, static=None):
+    head = torch.tensor(head_logits, dtype=torch.float32)  # [n, L, H, C]
+    n, L, H, C = head.shape
+    static = torch.zeros(n, C) if static is None else torch.tensor(static, dtype=torch.float32)
+    return LogitLens(head, static, torch.zeros(n, 4), torch.zeros(4, C), tuple(range(L)))
+
+
+def _img(top, sign, L=2, H=2):
+    """An image whose head `top` pushes class `sign` (0/1) hardest; others weaker."""
+    x = np.zeros((L, H, 2))
+    for l in range(L):
+        for h in range(H):
+            x[l, h, sign] = 0.1
+    x[top[0], top[1], sign] = 1.0
+    return x
+
+
+def test_margins_use_runner_up_when_right_and_truth_when_wrong():
+    lens = _lens([[[[3.0, 1.0, 0.0]]], [[[0.0, 2.0, 5.0]]]])  # 2 images, 1 head, 3 classes
+    m, pred, comp = margins(lens, np.array([0, 1]))
+    assert pred.tolist() == [0, 2] and comp.tolist() == [1, 1]
+    assert m[:, 0, 0].tolist() == [2.0, 3.0]
+
+
+def test_predict_with_candidates_returns_global_index():
+    logits = torch.tensor([[5.0, 1.0, 2.0], [0.0, 1.0, 3.0]])
+    assert predict_logits(logits, np.array([[1, 2], [0, 1]])).tolist() == [2, 1]
+
+
+def test_frequencies_by_hand():
+    m = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]], [[0.0, 3.0], [0.0, 0.0]]])
+    F, count = top_head_frequencies(m, np.array([True, True, False]))
+    assert count == 2 and F.tolist() == [[0.5, 0.0], [0.0, 0.5]]
+    F0, c0 = top_head_frequencies(m, np.zeros(3, bool))
+    assert c0 == 0 and F0.sum() == 0
+
+
+def _benchmark():
+    # group = 2y + s; conflicting groups 1, 2. Wrong images: top head L1H1 (3x), L0H0 (1x);
+    # correct ones: top head L0H1 (3x), L0H0 (1x). Aligned images (groups 0, 3) must be ignored.
+    imgs, y, g = [], [], []
+    for top in [(1, 1), (1, 1), (1, 1), (0, 0)]:  # wrong: y=0 predicted 1
+        imgs.append(_img(top, 1)); y.append(0); g.append(1)
+    for top in [(0, 1), (0, 1), (0, 1), (0, 0)]:  # correct: y=1 predicted 1
+        imgs.append(_img(top, 1)); y.append(1); g.append(2)
+    for _ in range(5):  # aligned, all correct, would favour L1H0 if counted
+        imgs.append(_img((1, 0), 0)); y.append(0); g.append(0)
+    return _lens(np.stack(imgs)), np.array(y), np.array(g)
+
+
+def test_threshold_rule_by_hand():
+    lens, y, g = _benchmark()
+    sel = locate(lens, y, g, groups="true", conflicting=[1, 2], split="val")
+    # F_w: L1H1 .75, L0H0 .25; F_c: L0H1 .75, L0H0 .25. K = 3 heads ever on top, tau = 1/3.
+    assert sel.threshold == pytest.approx(1 / 3)
+    assert sel.spurious == [(1, 1)] and sel.salient == [(0, 1)]
+    assert sel.counts == {"n_wrong": 4, "n_correct": 4, "n_conflicting": 8, "K": 3}
+    row = sel.table.set_index("label").loc["L1H1"]
+    assert row.f_wrong == 0.75 and row.f_correct == 0 and row.selected == "spurious"
+    full = locate(lens, y, g, groups="full")
+    assert full.counts["n_conflicting"] == 13
+
+
+def test_topk_and_pseudo_groups_and_roundtrip(tmp_path):
+    lens, y, g = _benchmark()
+    sel = locate(lens, y, g, rule="topk", k=2)
+    assert sel.spurious == [(1, 1)]  # only heads with a positive difference
+    s_logits = torch.zeros(len(y), 2)
+    s_logits[np.arange(len(y)), g % 2] = 1  # a perfect spurious classifier gives the true groups
+    pseudo = locate(lens, y, groups="pseudo", spurious_logits=s_logits)
+    assert pseudo.spurious == [(1, 1)] and pseudo.groups == "pseudo"
+    p = sel.save(tmp_path / "heads.json")
+    back = HeadSelection.load(p)
+    assert back.spurious == sel.spurious and back.rule == "topk" and back.k == 2
+    assert back.table.equals(sel.table)
+
+
+def test_clear_errors():
+    lens, y, g = _benchmark()
+    with pytest.raises(LocateError, match="no wrong predictions"):
+        locate(lens.take(slice(4, 13)), y[4:], g[4:])
+    with pytest.raises(LocateError, match="no bias-conflicting images"):
+        locate(lens.take(slice(8, 13)), y[8:], g[8:])
+    with pytest.raises(ValueError, match="needs k"):
+        locate(lens, y, g, rule="topk")
+
+
+def test_choose_k_prefers_smallest_best():
+    lens, y, g = _benchmark()
+    pick = lambda k: locate(lens, y, g, rule="topk", k=k)  # noqa: E731
+    best, table = choose_k(pick, lambda s: -abs(s.k - 2), 4)
+    assert best.k == 2 and best.k_cap == 4 and table.score.tolist() == [-1, 0, -1, -2]
+    tie, _ = choose_k(pick, lambda s: 1.0, 3)
+    assert tie.k == 1

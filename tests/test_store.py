@@ -1,0 +1,108 @@
+"""The activation store: streaming capture, reuse, resume after interruption, refusal on mismatch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import ltcutils as ltc
+from conftest import make_fake_dataset
+from ltcutils.datasets.base import DatasetError
+from ltcutils.store import ActivationStore, StoreError, StoreMismatchError, capture
+
+
+def _pixels(model, ds, idx):
+    return torch.stack([model.preprocess(ds.image(i)) for i in idx])
+
+
+def test_capture_matches_decompose_and_is_memory_mapped(tiny, tmp_path):
+    ds = make_fake_dataset(20)
+    st = capture(tiny, ds, tmp_path, batch_size=8, shard_size=8, dtype="float32", progress=False)
+    assert isinstance(st.heads, np.memmap) and st.heads.shape == (20, 4, 4, 64)
+    d = ltc.decompose.decompose(tiny.hooked, _pixels(tiny, ds, range(20)))
+    assert np.allclose(st.heads, d.heads.numpy(), atol=1e-6)
+    assert np.allclose(st.terms.mlps, d.mlps.numpy(), atol=1e-6)
+    assert (st.y == ds.y).all() and (st.group == ds.group).all()
+    assert list(st.labels["ids"]) == ds.ids
+    meta = json.loads((st.path / "meta.json").read_text())
+    for key in ("model", "dataset", "split", "n", "dtype", "layers", "package_version", "fingerprint"):
+        assert key in meta
+    # the identity survives the store (fp32)
+    total = st.terms.static_t(slice(None)) + st.terms.heads_t(slice(None)).sum((1, 2))
+    ref = torch.nn.functional.normalize(tiny.clip.encode_image(_pixels(tiny, ds, range(20))), dim=-1)
+    assert torch.allclose(total, ref, atol=1e-5)
+
+
+def test_fp16_and_layer_range(tiny, tmp_path):
+    ds = make_fake_dataset(10)
+    st = capture(tiny, ds, path=tmp_path / "s", layers=[2, 3], dtype="float16", progress=False)
+    assert st.heads.dtype == np.float16 and st.heads.shape == (10, 2, 4, 64) and st.terms.rest is not None
+    full = ltc.decompose.decompose(tiny.hooked, _pixels(tiny, ds, range(10)))
+    total = st.terms.static_t(slice(None)) + st.terms.heads_t(slice(None)).sum((1, 2))
+    assert torch.allclose(total, full.total(), atol=2e-3)
+    assert st.terms.labels()[0] == "L2H0"
+
+
+def test_reuse_resume_and_mismatch(tiny, tmp_path):
+    ds = make_fake_dataset(24)
+    calls = {"n": 0}
+    load = ds.load_image
+
+    def flaky(i):
+        calls["n"] += 1
+        if calls["n"] > 13:  # dies in the middle of the second shard
+            raise KeyboardInterrupt
+        return load(i)
+
+    ds.load_image = flaky
+    with pytest.raises(KeyboardInterrupt):
+        capture(tiny, ds, tmp_path, batch_size=4, shard_size=8, progress=False)
+    path = ltc.store.store_dir(tmp_path, tiny, ds)
+    assert json.loads((path / "progress.json").read_text()) == {"done": 1}
+    with pytest.raises(StoreError, match="incomplete"):
+        ActivationStore(path)
+    ds.load_image = load
+    calls["n"] = 0
+
+    def counting(i):
+        calls["n"] += 1
+        return load(i)
+
+    ds.load_image = counting
+    st = capture(tiny, ds, tmp_path, batch_size=4, shard_size=8, progress=False)
+    assert calls["n"] == 16  # only the two unfinished shards were recomputed
+    ref = capture(tiny, make_fake_dataset(24), tmp_path / "ref", batch_size=4, shard_size=8, progress=False)
+    assert np.array_equal(np.asarray(st.heads), np.asarray(ref.heads))
+    calls["n"] = 0
+    capture(tiny, ds, tmp_path, batch_size=4, shard_size=8, progress=False)
+    assert calls["n"] == 0  # a finished store is reused
+    other = make_fake_dataset(24, seed=5)
+    other.info = {"seed": 5}
+    with pytest.raises(StoreMismatchError, match="other inputs.*rebuild=True"):
+        capture(tiny, other, tmp_path, progress=False)
+    st2 = capture(tiny, other, tmp_path, rebuild=True, progress=False)
+    assert not np.array_equal(np.asarray(st2.heads), np.asarray(ref.heads))
+
+
+def test_unreadable_image(tiny, tmp_path):
+    ds = make_fake_dataset(8)
+    load = ds.load_image
+
+    def broken(i):
+        if i == 5:
+            raise OSError("cannot identify image file 'x.jpg'")
+        return load(i)
+
+    ds.load_image = broken
+    with pytest.raises(DatasetError, match="cannot read image 5.*skip_bad=True"):
+        capture(tiny, ds, tmp_path, shard_size=4, batch_size=4, progress=False)
+    st = capture(tiny, ds, tmp_path / "skip", skip_bad=True, shard_size=4, batch_size=4, progress=False)
+    assert st.valid.tolist() == [True] * 5 + [False] + [True] * 2
+
+
+def test_bytes_per_image_fp16(tiny, tmp_path):
+    st = capture(tiny, make_fake_dataset(8), tmp_path, progress=False)
+    # heads 4*4*64 + mlps 5*64 halves + 4-byte norm + 1-byte valid (+ npy headers amortised)
+    expected = (4 * 4 * 64 + 5 * 64) * 2 + 4 + 1
+    assert expected <= st.nbytes_per_image() < expected + 200
