@@ -205,3 +205,35 @@ def methods_table(
 def edited_embedding(split: EvalSplit, correction: Correction) -> torch.Tensor:
     """The corrected summed embedding of every image (for margin plots, RoboShot on top, ...)."""
     return corrected_embedding(split.lens, correction, split.terms)
+
+
+def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) -> dict:
+    """Everything the text-based methods need, from a prompt bank.
+
+    Returns a dict with ``ortho_classifier [d_embed, n_class]`` (None without Ortho-Cali prompts),
+    ``roboshot_reject`` / ``roboshot_accept [k, d_embed]`` (None when the bank has no pairs) and
+    ``injection_basis [r, d_embed]`` (orthonormal; None without injection pairs).
+    """
+    from itertools import combinations
+
+    from .correct import orthonormal_basis
+    from .text import pair_directions
+
+    out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
+    if bank.ortho_spurious and bank.ortho_candidates:
+        spur = model.encode_text(bank.ortho_spurious)
+        zi, zj = [], []
+        for prompts in bank.ortho_candidates.values():
+            emb = model.encode_text(prompts)
+            for a, b in combinations(range(len(prompts)), 2):
+                zi.append(emb[a])
+                zj.append(emb[b])
+        if zi:
+            out["ortho_classifier"] = baselines.ortho_cali(classifier, spur, (torch.stack(zi), torch.stack(zj)), lam=lam)
+    if isinstance(bank.roboshot_reject, list) and bank.roboshot_reject:
+        out["roboshot_reject"] = pair_directions(model, bank.roboshot_reject)
+    if isinstance(bank.roboshot_accept, list) and bank.roboshot_accept:
+        out["roboshot_accept"] = pair_directions(model, bank.roboshot_accept)
+    if isinstance(bank.injection, list) and bank.injection:
+        out["injection_basis"] = orthonormal_basis(pair_directions(model, bank.injection))
+    return out

@@ -3,3 +3,6 @@
 from .base import DatasetError, GroupDataset
 
 __all__ = ["GroupDataset", "DatasetError"]
+from .registry import DATA_ENV, DATASETS, FOLDERS, describe, load_dataset
+
+__all__ += ["load_dataset", "DATASETS", "FOLDERS", "DATA_ENV", "describe"]

@@ -1,0 +1,132 @@
+"""The glue a notebook needs: model, splits, cached decompositions and classifiers in one call.
+
+Every notebook starts from the same parameters (model, pretrained, dataset, data_root, split
+sizes, batch size, device, seed, output_dir, cache_dir) and calls :func:`setup`. Stages share
+files through ``output_dir`` (heads file, metrics, figures) and ``cache_dir`` (decompositions),
+so any notebook can be rerun alone.
+
+Example::
+
+    >>> ex = ltc.experiment.setup(model="ltc-tiny", pretrained="default", dataset="synthetic")  # doctest: +SKIP
+    >>> val = ex.store("val")                     # captured once, then reused from cache_dir  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import DEFAULT_CHECKPOINT, TINY_MODEL, LoadedModel, load_default, load_model
+from .text import PromptBank, load_prompt_bank, zero_shot_classifier
+
+__all__ = ["Experiment", "setup"]
+
+
+@dataclass
+class Experiment:
+    """A model, a dataset name with its prompt bank, and where files go."""
+
+    model: LoadedModel
+    dataset: str
+    bank: PromptBank
+    data_root: str | None
+    output_dir: Path
+    cache_dir: Path
+    batch_size: int = 64
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    layers: list[int] | None = None
+    _splits: dict = field(default_factory=dict)
+    _stores: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ files
+    @property
+    def figures(self) -> Path:
+        p = self.output_dir / "figures"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def heads_file(self) -> Path:
+        return self.output_dir / "heads.json"
+
+    # ------------------------------------------------------------------ data
+    def split(self, name: str):
+        """The dataset split ``name`` (a :class:`~ltcutils.datasets.base.GroupDataset`)."""
+        if name not in self._splits:
+            from .datasets.registry import load_dataset
+
+            self._splits[name] = load_dataset(self.dataset, name, root=self.data_root, **self.dataset_kwargs)
+        return self._splits[name]
+
+    def store(self, name: str, progress: bool = True):
+        """The cached decomposition of split ``name`` (captured on first use)."""
+        if name not in self._stores:
+            from .store import capture
+
+            self._stores[name] = capture(self.model, self.split(name), self.cache_dir, batch_size=self.batch_size,
+                                         layers=self.layers, progress=progress)
+        return self._stores[name]
+
+    # ------------------------------------------------------------------ text
+    def classifier(self) -> torch.Tensor:
+        """Zero-shot class classifier ``[d_embed, n_class]`` from the prompt bank."""
+        return zero_shot_classifier(self.model, self.bank)
+
+    def spurious_classifier(self) -> torch.Tensor:
+        """Zero-shot classifier of the spurious attribute ``[d_embed, n_spurious]``."""
+        return zero_shot_classifier(self.model, self.bank, spurious=True)
+
+    def describe(self) -> dict:
+        return {"model": self.model.describe(), "dataset": self.dataset, "data_root": self.data_root,
+                "dataset_kwargs": self.dataset_kwargs, "prompt_bank": self.bank.source}
+
+
+def setup(
+    model: str = TINY_MODEL,
+    pretrained: str | None = "default",
+    dataset: str = "synthetic",
+    data_root: str | None = None,
+    output_dir: str | os.PathLike = "outputs",
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    seed: int = 0,
+    prompt_bank: str | None = None,
+    layers: list[int] | None = None,
+    **dataset_kwargs: Any,
+) -> Experiment:
+    """Load the model and prompt bank and prepare the output and cache folders.
+
+    Args:
+        model: open_clip model name (``"ltc-tiny"`` for the embedded default).
+        pretrained: ``"default"`` (the shipped tiny checkpoint, only with ``ltc-tiny``), a tag, a
+            checkpoint path, or None (random weights).
+        dataset: ``"synthetic"`` or a real benchmark name (see ``ltcutils.datasets.registry``).
+        data_root: dataset root (default ``$LTC_DATA_DIR/<dataset>``).
+        output_dir: where figures, metrics and the heads file go.
+        cache_dir: where decompositions are cached (default ``<output_dir>/../cache``).
+        device: "cpu" or an accelerator name understood by torch.
+        seed: seeds torch (and is passed to the synthetic generator).
+        prompt_bank: a YAML path to use instead of ``data/prompts/<dataset>.yaml``.
+        layers: attention layers kept per head in the cache (default all).
+        dataset_kwargs: passed to the dataset loader (e.g. ``n_per_group`` for synthetic).
+    """
+    torch.manual_seed(seed)
+    if pretrained == "default":
+        if model != TINY_MODEL:
+            raise ValueError(f"pretrained='default' means the shipped tiny checkpoint {DEFAULT_CHECKPOINT.name}; "
+                             f"for {model} pass a pretrained tag or a checkpoint path")
+        m = load_default(device=device)
+    else:
+        m = load_model(model, pretrained, device=device)
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir).resolve() if cache_dir else out.parent / "cache"
+    bank = load_prompt_bank(prompt_bank or dataset)
+    if dataset == "synthetic":
+        dataset_kwargs.setdefault("seed", seed)
+    return Experiment(m, dataset, bank, data_root, out, cache, batch_size, dataset_kwargs, layers)
