@@ -23,7 +23,21 @@ import torch
 from .models import DEFAULT_CHECKPOINT, TINY_MODEL, LoadedModel, load_default, load_model
 from .text import PromptBank, load_prompt_bank, zero_shot_classifier
 
-__all__ = ["Experiment", "setup"]
+__all__ = ["Experiment", "setup", "stratified_subset"]
+
+
+def stratified_subset(group, n: int, seed: int = 0):
+    """Sorted indices of about ``n`` items, every group kept in proportion (at least one each)."""
+    import numpy as np
+
+    group = np.asarray(group)
+    rng = np.random.default_rng(seed)
+    out = []
+    for g in np.unique(group):
+        idx = np.flatnonzero(group == g)
+        k = max(1, int(round(n * len(idx) / len(group))))
+        out.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(out))
 
 
 @dataclass
@@ -39,6 +53,8 @@ class Experiment:
     batch_size: int = 64
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     layers: list[int] | None = None
+    max_images: int | None = None
+    seed: int = 0
     _splits: dict = field(default_factory=dict)
     _stores: dict = field(default_factory=dict)
 
@@ -59,7 +75,10 @@ class Experiment:
         if name not in self._splits:
             from .datasets.registry import load_dataset
 
-            self._splits[name] = load_dataset(self.dataset, name, root=self.data_root, **self.dataset_kwargs)
+            ds = load_dataset(self.dataset, name, root=self.data_root, **self.dataset_kwargs)
+            if self.max_images is not None and len(ds) > self.max_images:
+                ds = ds.subset(stratified_subset(ds.group, self.max_images, self.seed))
+            self._splits[name] = ds
         return self._splits[name]
 
     def store(self, name: str, progress: bool = True):
@@ -97,6 +116,8 @@ def setup(
     seed: int = 0,
     prompt_bank: str | None = None,
     layers: list[int] | None = None,
+    n_per_group: int | None = None,
+    max_images: int | None = None,
     **dataset_kwargs: Any,
 ) -> Experiment:
     """Load the model and prompt bank and prepare the output and cache folders.
@@ -113,7 +134,10 @@ def setup(
         seed: seeds torch (and is passed to the synthetic generator).
         prompt_bank: a YAML path to use instead of ``data/prompts/<dataset>.yaml``.
         layers: attention layers kept per head in the cache (default all).
-        dataset_kwargs: passed to the dataset loader (e.g. ``n_per_group`` for synthetic).
+        n_per_group: synthetic benchmark only: images per group in val and test.
+        max_images: use at most this many images per split (a seeded, group-stratified subset;
+            None: all). Handy for quick runs on real datasets.
+        dataset_kwargs: passed to the dataset loader.
     """
     torch.manual_seed(seed)
     if pretrained == "default":
@@ -129,4 +153,9 @@ def setup(
     bank = load_prompt_bank(prompt_bank or dataset)
     if dataset == "synthetic":
         dataset_kwargs.setdefault("seed", seed)
-    return Experiment(m, dataset, bank, data_root, out, cache, batch_size, dataset_kwargs, layers)
+        if n_per_group is not None:
+            dataset_kwargs["n_per_group"] = n_per_group
+    elif n_per_group is not None:
+        raise ValueError("n_per_group sizes the synthetic benchmark only; use max_images to subsample a real dataset")
+    return Experiment(m, dataset, bank, data_root, out, cache, batch_size, dataset_kwargs, layers,
+                      max_images=max_images, seed=seed)

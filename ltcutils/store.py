@@ -82,9 +82,14 @@ def _slug(s: str) -> str:
 
 
 def store_dir(root: str | os.PathLike, model, dataset: GroupDataset) -> Path:
-    """Default location ``root/<model>/<weights>/<dataset>/<split>`` of a store."""
+    """Default location ``root/<model>/<weights>/<dataset>/<split>-<data fingerprint>`` of a store.
+
+    The data fingerprint in the name keeps differently sized or subsampled splits apart; a
+    store at this path made with other settings (dtype, layers) is refused by :func:`capture`.
+    """
     weights = model.fingerprint.split(":")[-1][:16] if model.fingerprint != "random" else "random"
-    return Path(root) / _slug(model.name) / _slug(weights) / _slug(dataset.name) / _slug(dataset.split)
+    leaf = f"{_slug(dataset.split)}-{dataset.fingerprint()[:8]}"
+    return Path(root) / _slug(model.name) / _slug(weights) / _slug(dataset.name) / leaf
 
 
 @dataclass

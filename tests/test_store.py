@@ -78,10 +78,12 @@ def test_reuse_resume_and_mismatch(tiny, tmp_path):
     capture(tiny, ds, tmp_path, batch_size=4, shard_size=8, progress=False)
     assert calls["n"] == 0  # a finished store is reused
     other = make_fake_dataset(24, seed=5)
-    other.info = {"seed": 5}
+    assert ltc.store.store_dir(tmp_path, tiny, other) != path  # other data, other folder
     with pytest.raises(StoreMismatchError, match="other inputs.*rebuild=True"):
-        capture(tiny, other, tmp_path, progress=False)
-    st2 = capture(tiny, other, tmp_path, rebuild=True, progress=False)
+        capture(tiny, other, path=path, progress=False)
+    with pytest.raises(StoreMismatchError, match="other inputs"):
+        capture(tiny, ds, path=path, dtype="float32", progress=False)
+    st2 = capture(tiny, other, path=path, rebuild=True, progress=False)
     assert not np.array_equal(np.asarray(st2.heads), np.asarray(ref.heads))
 
 

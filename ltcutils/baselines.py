@@ -1,0 +1,342 @@
+"""Baselines LTC is compared with, on embeddings and classifiers (no model needed).
+
+* **Zero-shot**: :func:`zero_shot_logits`, :func:`predict` (optionally among per-image
+  candidate classes).
+* **Ortho-Cali** (Chuang et al. 2023, "Debiasing Vision-Language Models via Biased Prompts"):
+  :func:`ortho_projection`, :func:`ortho_cali` debias the *text classifier* in closed form.
+* **RoboShot** (Adila et al., ICLR 2024, "Zero-Shot Robustification of Zero-Shot Models"):
+  :func:`roboshot` edits the whole *image embedding* along rejected / accepted text directions.
+* **Random-head controls**: :func:`random_head_sets` draws the head sets; the ablation itself
+  (and TextSpan head ablation, which is "mean-ablate the given heads") is done by
+  :mod:`ltcutils.correct`. :func:`mean_and_sd` summarises the draws.
+
+Shapes: ``emb [n, d_embed]``, ``classifier [d_embed, n_class]`` (columns are class directions,
+as built by :func:`ltcutils.text.zero_shot_classifier`), logits ``[n, n_class]``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "zero_shot_logits",
+    "predict",
+    "ortho_projection",
+    "ortho_cali",
+    "roboshot",
+    "random_head_sets",
+    "mean_and_sd",
+]
+
+Head = tuple[int, int]
+
+
+# ----------------------------------------------------------------------------- zero-shot
+
+
+def _check_classifier(emb: torch.Tensor, classifier: torch.Tensor) -> None:
+    if emb.dim() != 2:
+        raise ValueError(f"emb must be [n, d_embed], got shape {tuple(emb.shape)}")
+    if classifier.dim() != 2 or classifier.shape[0] != emb.shape[1]:
+        raise ValueError(
+            f"classifier must be [d_embed={emb.shape[1]}, n_class], got shape {tuple(classifier.shape)}; "
+            "if it is [n_class, d_embed], pass classifier.T"
+        )
+
+
+def zero_shot_logits(
+    emb: torch.Tensor,
+    classifier: torch.Tensor,
+    candidates: torch.Tensor | np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Zero-shot logits ``emb @ classifier``, optionally restricted to candidate classes.
+
+    Args:
+        emb: ``[n, d_embed]`` image embeddings.
+        classifier: ``[d_embed, n_class]`` class directions.
+        candidates: optional ``[n, k]`` global class indices that compete for each image (e.g.
+            GenderBias's [true occupation, paired occupation]); the other classes get ``-inf``.
+        device: where to compute.
+
+    Returns:
+        ``[n, n_class]`` float32 logits (global class indexing kept).
+
+    Raises:
+        ValueError: on mismatched shapes or candidate indices outside ``0..n_class-1``.
+    """
+    emb = torch.as_tensor(emb).to(device=device, dtype=torch.float32)
+    W = torch.as_tensor(classifier).to(device=device, dtype=torch.float32)
+    _check_classifier(emb, W)
+    logits = emb @ W
+    if candidates is None:
+        return logits
+    cand = torch.as_tensor(np.asarray(candidates), dtype=torch.long, device=logits.device)
+    if cand.dim() != 2 or cand.shape[0] != logits.shape[0] or cand.shape[1] == 0:
+        raise ValueError(f"candidates must be [n={logits.shape[0]}, k>=1] class indices, got shape {tuple(cand.shape)}")
+    if cand.min() < 0 or cand.max() >= logits.shape[1]:
+        raise ValueError(f"candidate class indices must be in 0..{logits.shape[1] - 1}, "
+                         f"got {int(cand.min())}..{int(cand.max())}")
+    masked = torch.full_like(logits, float("-inf"))
+    return masked.scatter(1, cand, logits.gather(1, cand))
+
+
+def predict(
+    emb: torch.Tensor,
+    classifier: torch.Tensor,
+    candidates: torch.Tensor | np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Zero-shot prediction ``[n]`` (a *global* class index, also with candidates).
+
+    Args: as :func:`zero_shot_logits`. With ``candidates [n, k]`` the prediction is the
+    candidate class with the largest logit (ties: the lowest class index).
+
+    Example::
+
+        >>> emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> W = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.9]])   # [d_embed=2, n_class=3]
+        >>> predict(emb, W).tolist()
+        [0, 1]
+        >>> predict(emb, W, candidates=[[1, 2], [0, 2]]).tolist()   # only these classes compete
+        [2, 2]
+    """
+    return zero_shot_logits(emb, classifier, candidates, device).argmax(1)
+
+
+# ----------------------------------------------------------------------------- Ortho-Cali
+
+
+def _pairs(candidate_pairs, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Zi, Zj)`` each ``[p, d]`` from a tuple of two ``[p, d]`` tensors or a list of ``(z_i, z_j)``."""
+    if (isinstance(candidate_pairs, (tuple, list)) and len(candidate_pairs) == 2
+            and all(torch.is_tensor(z) and z.dim() == 2 for z in candidate_pairs)):
+        zi, zj = candidate_pairs
+    else:
+        pairs = list(candidate_pairs)
+        if not pairs:
+            raise ValueError("candidate_pairs is empty; pass None to skip the calibration term")
+        try:
+            zi = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+            zj = torch.stack([torch.as_tensor(p[1]) for p in pairs])
+        except (TypeError, IndexError, RuntimeError) as e:
+            raise ValueError("candidate_pairs must be (Zi [p, d_embed], Zj [p, d_embed]) or a list of "
+                             "(z_i [d_embed], z_j [d_embed]) pairs") from e
+    zi, zj = torch.as_tensor(zi).double(), torch.as_tensor(zj).double()
+    if zi.shape != zj.shape or zi.dim() != 2 or zi.shape[1] != d or zi.shape[0] == 0:
+        raise ValueError(f"candidate pairs must give Zi, Zj of equal shape [p>=1, d_embed={d}], got "
+                         f"{tuple(zi.shape)} and {tuple(zj.shape)}")
+    return zi, zj
+
+
+def ortho_projection(
+    spurious_emb: torch.Tensor,
+    candidate_pairs=None,
+    lam: float = 1000.0,
+    normalize: bool = True,
+    tol: float = 1e-6,
+    return_parts: bool = False,
+):
+    """Ortho-Cali's debiasing matrix ``P = P0 @ inverse(G)`` ``[d_embed, d_embed]`` (float64).
+
+    * ``P0 = I - B (B^T B)^-1 B^T`` projects out the span of the spurious prompt embeddings
+      (``B`` their basis). It is computed from an SVD as ``I - U U^T`` with ``U`` an orthonormal
+      basis of that span (singular values below ``tol * largest`` dropped), which is the same
+      matrix and stays defined when the prompts are linearly dependent.
+    * ``M = mean over pairs of (z_i - z_j)(z_i - z_j)^T``; ``G = lam * M + I``.
+
+    Args:
+        spurious_emb: ``[m, d_embed]`` text embeddings of the spurious prompts ("a photo of
+            water", ...).
+        candidate_pairs: prompt pairs that should map to the same point (e.g. "a waterbird on
+            land" / "a waterbird on water"): either ``(Zi, Zj)`` two ``[p, d_embed]`` tensors or a
+            list of ``(z_i [d_embed], z_j [d_embed])``. None: no calibration (``G = I``).
+        lam: weight of the calibration term (1000 in the paper).
+        normalize: L2-normalise the spurious and candidate embeddings first (as the paper does).
+        tol: relative singular-value cut-off for the spurious basis.
+        return_parts: also return ``P0`` and ``G``.
+
+    Returns:
+        ``P``, or ``(P, P0, G)`` with ``return_parts``.
+    """
+    S = torch.as_tensor(spurious_emb).detach().double().cpu()
+    if S.dim() != 2 or S.shape[0] == 0:
+        raise ValueError(f"spurious_emb must be [m>=1, d_embed], got shape {tuple(S.shape)}")
+    d = S.shape[1]
+    if normalize:
+        S = F.normalize(S, dim=1)
+    _, sv, Vh = torch.linalg.svd(S, full_matrices=False)
+    if sv[0] <= 0:
+        raise ValueError("the spurious prompt embeddings are all zero")
+    U = Vh[sv > tol * sv[0]].T  # [d, r] orthonormal basis of the spurious span
+    eye = torch.eye(d, dtype=torch.float64)
+    P0 = eye - U @ U.T
+    G = eye.clone()
+    if candidate_pairs is not None and lam != 0:
+        zi, zj = _pairs(candidate_pairs, d)
+        if normalize:
+            zi, zj = F.normalize(zi, dim=1), F.normalize(zj, dim=1)
+        diff = zi - zj
+        G = lam * (diff.T @ diff) / diff.shape[0] + eye
+    P = P0 @ torch.linalg.inv(G)
+    return (P, P0, G) if return_parts else P
+
+
+def ortho_cali(
+    classifier: torch.Tensor,
+    spurious_emb: torch.Tensor,
+    candidate_pairs=None,
+    lam: float = 1000.0,
+    normalize: bool = True,
+    ltc_repo_order: bool = False,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Ortho-Cali debiased classifier: each class vector ``t`` becomes ``normalise(P0 G^-1 t)``.
+
+    Because ``P0`` is applied last, every debiased class vector has *no* component along the
+    spurious prompts' span, whatever ``lam``.
+
+    Args:
+        classifier: ``[d_embed, n_class]`` zero-shot class directions.
+        spurious_emb, candidate_pairs, lam, normalize: see :func:`ortho_projection`.
+        ltc_repo_order: reproduce the LTC repository's port, which multiplies in the other order
+            (``G^-1 P0 t``); that does *not* remove the spurious span when ``lam > 0``. Only for
+            comparing with the reference's numbers.
+        device: where to put the result.
+
+    Returns:
+        ``[d_embed, n_class]`` float32 classifier with unit-norm columns.
+    """
+    W = torch.as_tensor(classifier).detach().double().cpu()
+    if W.dim() != 2 or W.shape[0] != torch.as_tensor(spurious_emb).shape[-1]:
+        raise ValueError(f"classifier must be [d_embed, n_class] with the d_embed of spurious_emb "
+                         f"({torch.as_tensor(spurious_emb).shape[-1]}), got {tuple(W.shape)}; if it is "
+                         "[n_class, d_embed], pass classifier.T")
+    P = ortho_projection(spurious_emb, candidate_pairs, lam, normalize)
+    out = (P.T if ltc_repo_order else P) @ W
+    return F.normalize(out, dim=0).float().to(device)
+
+
+# ----------------------------------------------------------------------------- RoboShot
+
+
+def _basis(dirs: torch.Tensor | None, d: int, what: str) -> torch.Tensor | None:
+    if dirs is None:
+        return None
+    dirs = torch.as_tensor(dirs)
+    if dirs.dim() == 1:
+        dirs = dirs[None]
+    if dirs.dim() != 2 or dirs.shape[1] != d:
+        raise ValueError(f"{what} directions must be [k, d_embed={d}], got shape {tuple(dirs.shape)}")
+    if dirs.shape[0] == 0:
+        return None
+    from .correct import orthonormal_basis  # reduced QR; drops linearly dependent directions
+
+    return orthonormal_basis(dirs.double()).double()
+
+
+def roboshot(
+    emb: torch.Tensor,
+    reject_dirs: torch.Tensor | None = None,
+    accept_dirs: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """RoboShot: remove rejected directions from, then amplify accepted directions in, each embedding.
+
+    Each direction set (e.g. text differences ``e(a) - e(b)`` from
+    :func:`ltcutils.text.pair_directions`) is orthonormalised by a reduced QR
+    (:func:`ltcutils.correct.orthonormal_basis`, in the given order); a direction that is
+    numerically in the span of the earlier ones is *dropped* (an all-zero set raises). Then,
+    starting from ``x = emb / ||emb||``:
+
+    1. for each reject basis vector ``q``: ``x <- x - cos(x, q) q``, then ``x <- x / ||x||``;
+    2. for each accept basis vector ``q``: ``x <- x + cos(x, q) q``, then ``x <- x / ||x||``.
+
+    With ``x`` and ``q`` unit vectors ``cos(x, q) = x . q``, so each reject step removes ``x``'s
+    whole component along ``q`` and, the basis being orthonormal, the later reject steps do not
+    bring it back: after step 1 ``x`` is orthogonal to the whole reject span. (Step 2 may
+    re-introduce such components when the accept directions are not orthogonal to it.) An
+    embedding lying entirely in the reject span becomes the zero vector.
+
+    Args:
+        emb: ``[n, d_embed]`` image embeddings.
+        reject_dirs: ``[r, d_embed]`` spurious directions, or None.
+        accept_dirs: ``[a, d_embed]`` useful directions, or None.
+        device: where to put the result.
+
+    Returns:
+        ``[n, d_embed]`` float32 unit vectors.
+    """
+    x = torch.as_tensor(emb).detach().double().cpu()
+    if x.dim() != 2:
+        raise ValueError(f"emb must be [n, d_embed], got shape {tuple(x.shape)}")
+    x = F.normalize(x, dim=1)
+    for sign, dirs, what in ((-1.0, reject_dirs, "reject"), (1.0, accept_dirs, "accept")):
+        Q = _basis(dirs, x.shape[1], what)
+        if Q is None:
+            continue
+        for q in Q:
+            cos = (F.normalize(x, dim=1) @ q)[:, None]
+            x = F.normalize(x + sign * cos * q, dim=1)
+    return x.float().to(device)
+
+
+# ----------------------------------------------------------------------------- random heads
+
+
+def random_head_sets(
+    n_draws: int,
+    k: int,
+    layers: Sequence[int],
+    n_heads: int,
+    exclude: Sequence[Head] = (),
+    seed: int = 0,
+) -> list[list[Head]]:
+    """Draw ``n_draws`` sets of ``k`` distinct heads uniformly from ``layers``, avoiding ``exclude``.
+
+    The heads of a draw come in random order (not sorted), so a caller may split one draw into
+    roles (the first ``k1`` heads ablated, the rest injected) without favouring early layers.
+
+    Args:
+        n_draws: number of sets.
+        k: heads per set.
+        layers: layers to draw from (each contributes heads ``0..n_heads-1``).
+        n_heads: heads per layer.
+        exclude: ``(layer, head)`` pairs never drawn (e.g. the located heads).
+        seed: seed of ``np.random.default_rng``; the same arguments give the same sets.
+
+    Returns:
+        ``n_draws`` lists of ``k`` ``(layer, head)`` tuples of Python ints.
+
+    Raises:
+        ValueError: if ``k`` exceeds the heads available after exclusion, or on bad arguments.
+    """
+    if n_draws < 0 or k < 1:
+        raise ValueError(f"need n_draws >= 0 and k >= 1, got n_draws={n_draws}, k={k}")
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+    skip = {(int(l), int(h)) for l, h in exclude}
+    pool = [(int(l), h) for l in dict.fromkeys(layers) for h in range(n_heads) if (int(l), h) not in skip]
+    if k > len(pool):
+        raise ValueError(f"cannot draw {k} distinct heads: layers {list(layers)} x {n_heads} heads leave "
+                         f"{len(pool)} after excluding {len(skip)}; draw fewer heads or allow more layers")
+    rng = np.random.default_rng(seed)
+    return [[pool[i] for i in rng.choice(len(pool), size=k, replace=False)] for _ in range(n_draws)]
+
+
+def mean_and_sd(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of a control's values, e.g. WG over draws.
+
+    Returns ``(mean, sd)``; ``sd`` is NaN for a single value. NaN values are not skipped.
+
+    Raises:
+        ValueError: if ``values`` is empty.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(v) == 0:
+        raise ValueError("mean_and_sd needs at least one value")
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else float("nan"))

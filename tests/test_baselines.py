@@ -1,0 +1,192 @@
+"""Baselines (zero-shot, Ortho-Cali, RoboShot, random heads) against hand computations."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ltcutils import baselines as B  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- zero-shot
+
+
+def test_zero_shot_logits_and_candidates():
+    emb = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    W = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.5]])  # [d_embed=2, n_class=3]
+    logits = B.zero_shot_logits(emb, W)
+    torch.testing.assert_close(logits, torch.tensor([[1.0, 2.0, 2.0], [0.0, -1.0, -0.5]]))
+    assert B.predict(emb, W).tolist() == [1, 0]  # tie 2.0/2.0 -> lowest index
+    cand = np.array([[0, 2], [1, 2]])
+    masked = B.zero_shot_logits(emb, W, cand)
+    assert torch.isinf(masked[0, 1]) and torch.isinf(masked[1, 0])
+    assert masked[0, 2] == 2.0 and masked[1, 2] == -0.5
+    assert B.predict(emb, W, cand).tolist() == [2, 2]  # global indices
+    with pytest.raises(ValueError, match="candidate class indices"):
+        B.predict(emb, W, [[0, 3], [0, 1]])
+    with pytest.raises(ValueError, match="classifier.T"):
+        B.predict(emb, W.T)
+
+
+# ----------------------------------------------------------------------------- Ortho-Cali
+
+
+def _span_residual(vectors, spurious):
+    """Largest |component| of the columns of ``vectors`` in the span of the rows of ``spurious``."""
+    U, _ = torch.linalg.qr(F.normalize(spurious.double(), dim=1).T)
+    return (U.T @ vectors.double()).abs().max().item()
+
+
+def test_ortho_projection_by_hand():
+    # d = 3, spurious = e1 -> P0 = diag(0, 1, 1); pair (e2, e3), lam = 1 -> G = I + (e2-e3)(e2-e3)^T
+    e = torch.eye(3, dtype=torch.float64)
+    P, P0, G = B.ortho_projection(e[:1] * 5.0, (e[1:2], e[2:3]), lam=1.0, return_parts=True)
+    torch.testing.assert_close(P0, torch.diag(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)))
+    torch.testing.assert_close(G, torch.tensor([[1.0, 0, 0], [0, 2, -1], [0, -1, 2]], dtype=torch.float64))
+    # t = (1, 1, 0): G^-1 t = (1, 2/3, 1/3); P0 -> (0, 2/3, 1/3); normalised (0, 2, 1)/sqrt(5)
+    t = torch.tensor([[1.0], [1.0], [0.0]])
+    out = B.ortho_cali(t, e[:1], [(e[1], e[2])], lam=1.0)
+    torch.testing.assert_close(out[:, 0], torch.tensor([0.0, 2.0, 1.0]) / math.sqrt(5))
+
+
+def test_ortho_cali_two_pairs_by_hand():
+    # pairs (e2, e3), (e1, e2): M = mean of the two outer products = [[1,-1,0],[-1,2,-1],[0,-1,1]] / 2
+    e = torch.eye(3, dtype=torch.float64)
+    pairs = [(e[1], e[2]), (e[0], e[1])]
+    _, _, G = B.ortho_projection(e[:1], pairs, lam=2.0, return_parts=True)
+    torch.testing.assert_close(G, torch.tensor([[2.0, -1, 0], [-1, 3, -1], [0, -1, 2]], dtype=torch.float64))
+    t = torch.tensor([[1.0], [1.0], [0.0]])
+    # P0 G^-1 t: G^-1 t = (7/8, 3/4, 3/8) -> (0, 3/4, 3/8) -> (0, 2, 1)/sqrt(5)
+    out = B.ortho_cali(t, e[:1], pairs, lam=2.0)
+    torch.testing.assert_close(out[:, 0], torch.tensor([0.0, 2.0, 1.0]) / math.sqrt(5))
+    # the LTC repository's order G^-1 P0 t: P0 t = e2, G^-1 e2 = (1/4, 1/2, 1/4): e1 (spurious) is back
+    wrong = B.ortho_cali(t, e[:1], pairs, lam=2.0, ltc_repo_order=True)
+    torch.testing.assert_close(wrong[:, 0], torch.tensor([1.0, 2.0, 1.0]) / math.sqrt(6))
+
+
+def test_p0_is_an_orthogonal_projection():
+    S = _rand(3, 8, seed=1)
+    _, P0, _ = B.ortho_projection(S, None, return_parts=True)
+    torch.testing.assert_close(P0 @ P0, P0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(P0, P0.T, atol=1e-12, rtol=0)
+    assert torch.linalg.matrix_rank(P0).item() == 8 - 3
+    assert (P0 @ S.T).abs().max() < 1e-12  # kills the spurious embeddings
+    # a repeated (linearly dependent) prompt does not change the projection
+    _, P0d, _ = B.ortho_projection(torch.cat([S, 2 * S[:1]]), None, return_parts=True)
+    torch.testing.assert_close(P0d, P0, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1000.0])
+def test_ortho_cali_removes_spurious_span(lam):
+    S, W = _rand(3, 16, seed=2), _rand(16, 5, seed=3)
+    pairs = (_rand(6, 16, seed=4), _rand(6, 16, seed=5))
+    out = B.ortho_cali(W, S, pairs, lam=lam)
+    assert out.shape == (16, 5) and out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=0), torch.ones(5))
+    assert _span_residual(out, S) < 1e-6
+    # the two pair formats give the same classifier
+    listed = [(pairs[0][i], pairs[1][i]) for i in range(6)]
+    torch.testing.assert_close(B.ortho_cali(W, S, listed, lam=lam), out)
+
+
+def test_transposed_ordering_does_not_remove_spurious_span():
+    S, W = _rand(3, 16, seed=2), _rand(16, 5, seed=3)
+    pairs = (_rand(6, 16, seed=4), _rand(6, 16, seed=5))
+    P = B.ortho_projection(S, pairs, lam=1000.0)
+    wrong = F.normalize(P.T @ W, dim=0)  # G^-1 P0 t, the LTC repository's port
+    assert _span_residual(wrong, S) > 0.05
+    assert _span_residual(F.normalize(P @ W, dim=0), S) < 1e-10
+    assert _span_residual(B.ortho_cali(W, S, pairs, ltc_repo_order=True), S) > 0.05
+    # with lam = 0 the two orders agree (G = I)
+    torch.testing.assert_close(B.ortho_cali(W, S, pairs, lam=0.0, ltc_repo_order=True),
+                               B.ortho_cali(W, S, pairs, lam=0.0))
+
+
+def test_ortho_cali_errors():
+    S, W = _rand(3, 16), _rand(16, 5)
+    with pytest.raises(ValueError, match="classifier.T"):
+        B.ortho_cali(W.T, S)
+    with pytest.raises(ValueError, match="d_embed=16"):
+        B.ortho_cali(W, S, (_rand(2, 15), _rand(2, 15)))
+
+
+# ----------------------------------------------------------------------------- RoboShot
+
+
+def test_roboshot_reject_by_hand():
+    out = B.roboshot(torch.tensor([[3.0, 4.0, 0.0]]), reject_dirs=torch.tensor([[2.0, 0.0, 0.0]]))
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0]]))
+
+
+def test_roboshot_accept_by_hand():
+    # x = (0.6, 0.8, 0); cos(x, e1) = 0.6 -> (1.2, 0.8, 0) / sqrt(2.08)
+    out = B.roboshot(torch.tensor([[0.6, 0.8, 0.0]]), accept_dirs=torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(out, torch.tensor([[1.2, 0.8, 0.0]]) / math.sqrt(2.08))
+    assert out[0, 0] > 0.6  # the component along the accepted direction grew
+
+
+def test_roboshot_reject_span_and_unit_norm():
+    emb = _rand(20, 12, seed=6).float()
+    dirs = _rand(3, 12, seed=7).float()
+    dirs = torch.cat([dirs, dirs[:1] + dirs[1:2]])  # a dependent 4th direction: dropped by the QR
+    out = B.roboshot(emb, reject_dirs=dirs)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(20))
+    assert (out @ dirs.T).abs().max() < 1e-5  # orthogonal to every rejected direction
+    # the dependent direction changes nothing
+    torch.testing.assert_close(out, B.roboshot(emb, reject_dirs=dirs[:3]), atol=1e-5, rtol=0)
+    # accept increases the component along the accepted direction (for positive components)
+    acc = F.normalize(_rand(1, 12, seed=8).float(), dim=1)
+    x0 = F.normalize(emb, dim=1)
+    out_a = B.roboshot(emb, accept_dirs=acc)
+    before, after = (x0 @ acc.T).abs().squeeze(1), (out_a @ acc.T).abs().squeeze(1)
+    assert bool((after >= before - 1e-6).all()) and bool((after > before).any())
+
+
+def test_roboshot_identity_and_errors():
+    emb = _rand(4, 6).float()
+    torch.testing.assert_close(B.roboshot(emb), F.normalize(emb, dim=1))
+    with pytest.raises(ValueError, match="zero"):
+        B.roboshot(emb, reject_dirs=torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="d_embed=6"):
+        B.roboshot(emb, reject_dirs=torch.ones(2, 5))
+
+
+# ----------------------------------------------------------------------------- random heads
+
+
+def test_random_head_sets():
+    sets = B.random_head_sets(30, 3, layers=[2, 3], n_heads=4, exclude=[(3, 0), (2, 1)], seed=0)
+    assert len(sets) == 30 and all(len(s) == 3 and len(set(s)) == 3 for s in sets)
+    allowed = {(l, h) for l in (2, 3) for h in range(4)} - {(3, 0), (2, 1)}
+    assert set().union(*map(set, sets)) <= allowed
+    assert all(isinstance(l, int) and isinstance(h, int) for s in sets for l, h in s)
+    assert sets == B.random_head_sets(30, 3, [2, 3], 4, exclude=[(3, 0), (2, 1)], seed=0)
+    assert sets != B.random_head_sets(30, 3, [2, 3], 4, exclude=[(3, 0), (2, 1)], seed=1)
+    assert any(s != sorted(s) for s in sets)  # random order within a draw
+    # all 6 allowed heads used when k equals what is available
+    full = B.random_head_sets(2, 6, [2, 3], 4, exclude=[(3, 0), (2, 1)])
+    assert all(set(s) == allowed for s in full)
+    with pytest.raises(ValueError, match="cannot draw 7"):
+        B.random_head_sets(1, 7, [2, 3], 4, exclude=[(3, 0), (2, 1)])
+
+
+def test_mean_and_sd_by_hand():
+    m, sd = B.mean_and_sd([1.0, 2.0, 3.0, 4.0])
+    assert m == pytest.approx(2.5)
+    assert sd == pytest.approx(math.sqrt(5 / 3))  # sum of squares 5, ddof = 1
+    m1, sd1 = B.mean_and_sd([7.0])
+    assert m1 == 7.0 and math.isnan(sd1)
+    with pytest.raises(ValueError):
+        B.mean_and_sd([])
