@@ -131,6 +131,7 @@ def bench_locate(n: int, n_val: int, layers: int, heads: int, d_embed: int, seed
         means = correct.head_means(val)
         t1 = time.perf_counter()
         lt = lens_mod.logit_lens(test, W)
+        t_lens = time.perf_counter()
         corr = correct.Correction.mean_ablation(sel.spurious, means, val.layers, "val")
         corr = corr.with_injection(sel.salient, basis)
         logits = correct.corrected_logits(lt, corr, test)
@@ -138,7 +139,8 @@ def bench_locate(n: int, n_val: int, layers: int, heads: int, d_embed: int, seed
         summ = metrics.summary(pred, y_test, g_test)
         t2 = time.perf_counter()
     return {"n_test": n, "n_val": n_val, "shape": [layers, heads, d_embed], "dtype": "float16",
-            "seconds_locate_on_val": t1 - t0, "seconds_correct_evaluate_test": t2 - t1, "seconds_total": t2 - t0,
+            "seconds_locate_on_val": t1 - t0, "seconds_correct_evaluate_test": t2 - t1,
+            "seconds_lens_test": t_lens - t1, "seconds_edit_and_score": t2 - t_lens, "seconds_total": t2 - t0,
             "gb_test_cache": n * layers * heads * d_embed * 2 / 1e9, "wg_random_data": summ["wg"]}
 
 

@@ -172,20 +172,27 @@ class Correction:
                 "n_directions": 0 if self.basis is None else int(self.basis.shape[0])}
 
 
-def head_delta(heads: torch.Tensor, layers: Sequence[int], correction: Correction) -> torch.Tensor:
+def head_delta(heads: torch.Tensor | Terms, layers: Sequence[int], correction: Correction) -> torch.Tensor:
     """Change of the summed embedding ``[n, d_embed]`` that ``correction`` makes.
 
     Args:
-        heads: ``[n, layer, head, d_embed]`` normalized terms of (at least) the edited layers.
+        heads: ``[n, layer, head, d_embed]`` normalized terms of (at least) the edited layers, or
+            a :class:`~ltcutils.store.Terms` (then only the edited heads' bytes are read).
         layers: the layer index of each ``heads`` row.
     """
     layers = list(layers)
-    delta = torch.zeros(heads.shape[0], heads.shape[-1], dtype=torch.float32, device=heads.device)
+    if isinstance(heads, Terms):
+        get = lambda li, h: heads.head_t(li, h)  # noqa: E731
+        n, d = len(heads), heads.heads.shape[-1]
+        device = torch.device("cpu")
+    else:
+        get = lambda li, h: heads[:, li, h].float()  # noqa: E731
+        n, d, device = heads.shape[0], heads.shape[-1], heads.device
+    delta = torch.zeros(n, d, dtype=torch.float32, device=device)
     for (l, h), v in zip(correction.ablate, correction.ablate_values if correction.ablate else []):
-        x = heads[:, _pos(layers, l), h].float()
-        delta += v.to(delta) - x
+        delta += v.to(delta) - get(_pos(layers, l), h)
     for l, h in correction.inject:
-        x = heads[:, _pos(layers, l), h].float()
+        x = get(_pos(layers, l), h)
         delta += inject(x, correction.basis.to(delta), correction.strength, correction.renormalize) - x
     return delta
 
@@ -226,11 +233,7 @@ def _inject_delta(lens: LogitLens, correction: Correction, terms: Terms | None) 
         raise ValueError(f"terms ({len(terms)} images) and lens ({len(lens)}) do not describe the same images")
     only_inject = Correction(inject=correction.inject, basis=correction.basis, strength=correction.strength,
                              renormalize=correction.renormalize)
-    layers = list(terms.layers)
-    delta = torch.zeros(len(lens), lens.total.shape[1])
-    for sl in terms.chunks():
-        delta[sl] = head_delta(terms.heads_t(sl), layers, only_inject)
-    return delta
+    return head_delta(terms, terms.layers, only_inject)
 
 
 @torch.inference_mode()
@@ -242,8 +245,7 @@ def corrected_embedding(lens: LogitLens, correction: Correction, terms: Terms | 
             raise ValueError("pass terms=store.terms to rebuild edited embeddings")
         only_ablate = Correction(ablate=correction.ablate, ablate_values=correction.ablate_values,
                                  reference=correction.reference)
-        for sl in terms.chunks():
-            total[sl] += head_delta(terms.heads_t(sl), list(terms.layers), only_ablate)
+        total += head_delta(terms, terms.layers, only_ablate)
     if correction.inject:
         total += _inject_delta(lens, correction, terms)
     return total

@@ -15,6 +15,8 @@ TextSpan         mean-ablate heads named by their TextSpan descriptions (given)
 ablate           mean-ablate the located spurious heads (Z_SY) only
 inject           knowledge injection into the located salient heads (Z_Y) only
 LTC              ablate + inject
+LTC (unit-norm)  ablate + the reference's injection (each head renormalised to unit length),
+                 shown when ``renormalize=False`` is the main setting
 LTC-full         LTC with heads located from all correct vs wrong images (no groups)
 random           ablate / inject as many random heads (from the same layers), mean +- sd
 ===============  ==============================================================================
@@ -146,7 +148,7 @@ def methods_table(
         ortho_classifier: Ortho-Cali's debiased classifier ``[d_embed, n_class]``.
         roboshot_reject, roboshot_accept: RoboShot's direction sets ``[k, d_embed]``.
         textspan_heads: heads for the TextSpan row.
-        random_layers: layers random heads are drawn from (default: those of the located heads).
+        random_layers: layers random heads are drawn from (default: every captured layer).
 
     Returns:
         ``(table, details)``: one row per method (metrics in percent, CIs when ``ci``), and a
@@ -177,6 +179,9 @@ def methods_table(
     add("LTC", corrected_logits(split.lens, ltc, split.terms),
         heads=",".join(selection.labels("spurious") + [f"+{h}" for h in selection.labels("salient")]))
     details["ltc"] = ltc
+    if ltc.inject and not renormalize:  # the reference's injection, for comparison
+        paper = ablate.with_injection(selection.salient, basis, 1.0, renormalize=True)
+        add("LTC (unit-norm injection)", corrected_logits(split.lens, paper, split.terms))
     if selection_full is not None:
         full = Correction.mean_ablation(selection_full.spurious, means, split.terms.layers, reference)
         if basis is not None and selection_full.salient:
@@ -184,8 +189,7 @@ def methods_table(
         add("LTC-full", corrected_logits(split.lens, full, split.terms))
     n_inj = len(selection.salient) if (basis is not None) else 0
     if n_random and (selection.spurious or n_inj):
-        layers = random_layers or sorted({l for l, _ in selection.spurious + selection.salient})
-        rnd = random_control(split, means, len(selection.spurious), n_inj, basis, layers,
+        rnd = random_control(split, means, len(selection.spurious), n_inj, basis, random_layers,
                              exclude=selection.spurious + selection.salient, n_draws=n_random, seed=seed,
                              reference=reference, strength=strength, renormalize=renormalize)
         details["random"] = rnd
@@ -236,4 +240,18 @@ def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) 
         out["roboshot_accept"] = pair_directions(model, bank.roboshot_accept)
     if isinstance(bank.injection, list) and bank.injection:
         out["injection_basis"] = orthonormal_basis(pair_directions(model, bank.injection))
+    return out
+
+
+def table_metrics(table: pd.DataFrame) -> dict:
+    """The numeric cells of a methods table as ``{method_key: {metric: value}}`` for a metrics file.
+
+    Method names become keys such as ``zero_shot``, ``ltc_full``, ``ltc_unit_norm_injection``.
+    """
+    import re
+
+    out = {}
+    for name, row in table.to_dict(orient="index").items():
+        key = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+        out[key] = {k: v for k, v in row.items() if not isinstance(v, str)}
     return out

@@ -70,7 +70,7 @@ class LogitLens:
 
 
 @torch.inference_mode()
-def logit_lens(terms: Terms, classifier: torch.Tensor, chunk: int = 1024) -> LogitLens:
+def logit_lens(terms: Terms, classifier: torch.Tensor, chunk: int = 256) -> LogitLens:
     """One streaming pass over ``terms`` computing per-head logits, static logits and totals.
 
     Args:

@@ -92,6 +92,11 @@ def store_dir(root: str | os.PathLike, model, dataset: GroupDataset) -> Path:
     return Path(root) / _slug(model.name) / _slug(weights) / _slug(dataset.name) / leaf
 
 
+def _as_float_tensor(a, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A (memory-mapped) array slice as a float32 tensor: copy in its own dtype, convert in torch."""
+    return torch.from_numpy(np.array(a)).to(device=device, dtype=torch.float32)
+
+
 @dataclass
 class Terms:
     """Decomposition terms of a set of images, as arrays (memory-mapped or in RAM).
@@ -120,20 +125,25 @@ class Terms:
         """``L{l}H{h}`` labels in ``heads.reshape(n, -1)`` order."""
         return [head_label(l, h) for l in self.layers for h in range(self.n_heads)]
 
-    def chunks(self, size: int = 1024) -> Iterator[slice]:
+    def head_t(self, layer_pos: int, head: int, sl: slice | np.ndarray = slice(None),
+               device: str | torch.device = "cpu") -> torch.Tensor:
+        """One head's terms ``[rows, d_embed]`` as float32 torch (reads only that head's bytes)."""
+        return _as_float_tensor(self.heads[sl, layer_pos, head], device)
+
+    def chunks(self, size: int = 256) -> Iterator[slice]:
         """Row slices of at most ``size`` images."""
         for i in range(0, len(self), size):
             yield slice(i, min(i + size, len(self)))
 
     def heads_t(self, sl: slice | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
         """``heads[sl]`` as float32 torch."""
-        return torch.from_numpy(np.array(self.heads[sl], dtype=np.float32)).to(device)
+        return _as_float_tensor(self.heads[sl], device)
 
     def static_t(self, sl: slice | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
         """Sum of the non-head terms (MLPs, embedding, rest) ``[rows, d_embed]`` as float32 torch."""
-        s = torch.from_numpy(np.array(self.mlps[sl], dtype=np.float32)).to(device).sum(1)
+        s = _as_float_tensor(self.mlps[sl], device).sum(1)
         if self.rest is not None:
-            s = s + torch.from_numpy(np.array(self.rest[sl], dtype=np.float32)).to(device)
+            s = s + _as_float_tensor(self.rest[sl], device)
         return s
 
     def take(self, index: np.ndarray) -> "Terms":
