@@ -1,0 +1,183 @@
+"""The counterfactual oracle: hand-computed arithmetic, and a planted background head."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import ltcutils as ltc  # noqa: E402
+from ltcutils.datasets import synthetic as syn  # noqa: E402
+from ltcutils.groundtruth import _mean_ablate, effects_from_terms, oracle_table  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The tiny open_clip ViT at random weights (seeded)."""
+    torch.manual_seed(0)
+    return ltc.models.load_model("ltc-tiny", pretrained=None)
+
+
+def test_effects_from_terms_by_hand():
+    # 4 items, 2 layers x 2 heads, d_embed 3; direction e0 - e1 (margin = x0 - x1)
+    y = np.array([0, 0, 1, 1])
+    d = torch.tensor([1.0, -1.0, 0.0])
+    land = torch.zeros(4, 2, 2, 3)
+    water = torch.zeros(4, 2, 2, 3)
+    # L0H1 reads the background: +2 along e0 on water, 0 on land, whatever the class
+    water[:, 0, 1, 0] = 2.0
+    # L1H0 reads the class: +1 along e0 for waterbirds, -1 for landbirds, on both backgrounds
+    for t in (land, water):
+        t[:, 1, 0, 0] = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    # L1H1 is orthogonal to the direction (e2) and must score 0 on both
+    water[:, 1, 1, 2] = 5.0
+    land[:, 1, 1, 2] = -3.0
+    # L0H0: background effect that differs by item: (1, 3, 0, 0) along -e1 (= +margin)
+    water[:, 0, 0, 1] = -torch.tensor([1.0, 3.0, 0.0, 0.0])
+    eff = effects_from_terms(land, water, y, d)
+    assert eff["background_effect"].shape == (2, 2)
+    np.testing.assert_allclose(eff["background_effect"], [[1.0, 2.0], [0.0, 0.0]])
+    # L0H0: per-class means of (land + water)/2 margins: landbirds (0.5, 1.5) -> 1, waterbirds 0 -> -1
+    np.testing.assert_allclose(eff["object_effect"], [[-1.0, 1.0 - 1.0], [2.0, 0.0]])
+    # standard error of L0H0's background effect: std(1, 3, 0, 0, ddof=1) / 2
+    np.testing.assert_allclose(eff["background_se"][0, 0], np.std([1, 3, 0, 0], ddof=1) / 2)
+    assert eff["background_se"][0, 1] == 0.0
+    with pytest.raises(ValueError, match="both classes"):
+        effects_from_terms(land, water, np.zeros(4), d)
+    with pytest.raises(ValueError, match="differ in shape"):
+        effects_from_terms(land, water[:3], y, d)
+
+
+def test_mean_ablate_by_hand():
+    heads = torch.arange(2 * 2 * 3 * 1, dtype=torch.float32).reshape(2, 2, 3, 1)
+    mean = torch.full((2, 3, 1), -1.0)
+    out = _mean_ablate(heads, mean, [(0, 2), (1, 0)])
+    assert out[:, 0, 2, 0].tolist() == [-1.0, -1.0] and out[:, 1, 0, 0].tolist() == [-1.0, -1.0]
+    keep = torch.ones(2, 3, dtype=torch.bool)
+    keep[0, 2] = keep[1, 0] = False
+    assert torch.equal(out[:, keep], heads[:, keep])
+    assert heads[0, 0, 2, 0] == 2.0, "the input must not be modified"
+    mask = np.zeros((2, 3), dtype=bool)
+    mask[0, 2] = mask[1, 0] = True
+    assert torch.equal(_mean_ablate(heads, mean, mask), out)
+    with pytest.raises(ValueError, match="mean"):
+        _mean_ablate(heads, mean[:1], [(0, 0)])
+
+
+def _planted(layer: int, head: int, channel: int = 5, gain: float = 3.0):
+    """A random tiny image tower with one head that reads the background colour.
+
+    Channel ``channel`` of every patch embedding is the patch's mean blue-minus-red; the planted
+    head attends uniformly (zero queries and keys), its value reads that channel, and it writes
+    along a residual vector whose joint-space image is the margin direction.
+    """
+    torch.manual_seed(0)
+    m = ltc.models.load_model("ltc-tiny", pretrained=None).hooked
+    cfg = m.cfg
+    W, dh, p = cfg.width, cfg.d_head, cfg.patch_size
+    g = torch.Generator().manual_seed(1)
+    direction = torch.randn(cfg.d_embed, generator=g)
+    direction = direction / direction.norm()
+    with torch.no_grad():
+        m.patch_weight[channel] = 0
+        m.patch_weight[channel, 2] = 4.0 / p**2
+        m.patch_weight[channel, 0] = -4.0 / p**2
+        attn = m.blocks[layer].attn
+        rows = slice(head * dh, (head + 1) * dh)
+        for part in (0, 1):  # queries and keys of the head: zero -> uniform attention
+            attn.in_proj_weight[part * W : (part + 1) * W][rows] = 0
+            attn.in_proj_bias[part * W : (part + 1) * W][rows] = 0
+        v = attn.in_proj_weight[2 * W :][rows]
+        v.zero_()
+        v[0, channel] = 1.0
+        attn.in_proj_bias[2 * W :][rows] = 0
+        A = (m.ln_post.weight[:, None] * m.proj).T  # [d_embed, d_model]
+        u = torch.linalg.lstsq(A, direction[:, None]).solution[:, 0]
+        u = u - u.mean()
+        attn.out_proj_weight[:, rows] = 0
+        attn.out_proj_weight[:, head * dh] = gain * u / u.norm()
+    classifier = torch.stack([-direction, direction], 1) / 2  # margin direction = `direction`
+    return m, classifier
+
+
+@pytest.mark.parametrize("layer,head", [(1, 2), (3, 0)])
+def test_oracle_ranks_a_planted_background_head_first(layer, head):
+    model, classifier = _planted(layer, head)
+    seeds = list(range(24))
+    o = oracle_table(model, seeds, classifier, batch_size=12)
+    assert o.background_effect.shape == (4, 4) and o.mlp_background_effect.shape == (5,)
+    assert o.top_heads(1) == [(layer, head)]
+    others = np.delete(o.background_effect.reshape(-1), layer * 4 + head)
+    assert o.background_effect[layer, head] > 0.3 > 5 * np.abs(others).max()
+    # the background head barely separates the classes (birds are drawn on top of both backgrounds)
+    assert abs(o.object_effect[layer, head]) < 0.5 * o.background_effect[layer, head]
+    # flipping the classifier's columns flips every effect
+    o2 = oracle_table(model, seeds, classifier.flip(1), batch_size=12)
+    np.testing.assert_allclose(o2.background_effect, -o.background_effect, atol=1e-6)
+    assert o2.top_heads(1) != [(layer, head)]
+    # the terms sum to the embedding, so the parts of the effect add up to the total effect
+    parts = o.background_effect.sum() + o.mlp_background_effect.sum()
+    assert parts == pytest.approx(o.total_background_effect, abs=1e-5)
+    df = o.frame()
+    assert len(df) == 16 + 5
+    assert df.loc[df["background_rank"] == 1, "term"].item() == f"L{layer}H{head}"
+
+
+def test_oracle_without_plant_does_not_single_out_the_head():
+    torch.manual_seed(0)
+    model = ltc.models.load_model("ltc-tiny", pretrained=None).hooked
+    _, classifier = _planted(1, 2)
+    o = oracle_table(model, list(range(24)), classifier, batch_size=12)
+    assert np.abs(o.background_effect).max() < 0.2
+
+
+def test_oracle_input_errors(tiny_model):
+    with pytest.raises(ValueError, match="classifier must be"):
+        oracle_table(tiny_model, [0, 1], torch.zeros(64, 3))
+    with pytest.raises(ValueError, match="at least one"):
+        oracle_table(tiny_model, [], torch.zeros(64, 2))
+    landbirds = [s for s in range(40) if syn.item_labels(s)[0] == 0][:3]
+    with pytest.raises(ValueError, match="both classes"):
+        oracle_table(tiny_model, landbirds, torch.zeros(64, 2))
+
+
+def test_oracle_on_shipped_model_finds_background_heads():
+    """Integration: on the trained checkpoint the oracle's background heads explain the bias."""
+    from ltcutils.models import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f"shipped checkpoint {DEFAULT_CHECKPOINT} is missing")
+    from ltcutils.text import load_prompt_bank, zero_shot_classifier
+
+    model = ltc.models.load_default()
+    W = zero_shot_classifier(model, load_prompt_bank("synthetic"))
+    val = syn.make_split("val", n_per_group=25)
+    o = oracle_table(model, [int(s) for s in val.ids], W, batch_size=100)
+    # the model is biased: water pushes towards waterbird, and heads carry most of it
+    assert o.total_background_effect > 0
+    assert o.background_effect.max() > 0
+    assert o.background_effect.sum() > 0.5 * o.total_background_effect
+    # and it learned the birds: the class moves the margin the right way
+    assert o.total_object_effect > 0
+
+
+def test_oracle_heads_debias_the_shipped_model():
+    """Mean-ablating the oracle's top background heads (means over val) raises test worst-group."""
+    from ltcutils.groundtruth import oracle_ablation
+    from ltcutils.models import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f"shipped checkpoint {DEFAULT_CHECKPOINT} is missing")
+    model = ltc.models.load_default()
+    r = oracle_ablation(model, ks=(4,), val=syn.make_split("val", n_per_group=100),
+                        test=syn.make_split("test", n_per_group=100), n_random=10)
+    zs, ab = r["zero_shot"], r["ablation"][4]
+    # recorded in data/MODEL_CARD.md (100 per group): zero-shot WG 33.0, top-4 oracle heads 68.0
+    assert zs["worst_group"] == pytest.approx(33.0, abs=1.0)
+    assert ab["metrics"]["worst_group"] >= zs["worst_group"] + 15
+    assert ab["metrics"]["worst_group"] > ab["random_worst_group_mean"] + ab["random_worst_group_std"]
+    assert len(ab["heads"]) == 4 and len(set(ab["heads"])) == 4
