@@ -9,7 +9,7 @@ from ltcutils.hooked import HookedViT, HookNeverFiredError, ViTConfig
 
 
 def _rel(a, b):
-    return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())
+    return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max().detach())
 
 
 @pytest.fixture(scope="module", params=["ViT-B-32", "ViT-B-16", "ViT-L-14"])
