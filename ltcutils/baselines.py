@@ -72,17 +72,9 @@ def zero_shot_logits(
     emb = torch.as_tensor(emb).to(device=device, dtype=torch.float32)
     W = torch.as_tensor(classifier).to(device=device, dtype=torch.float32)
     _check_classifier(emb, W)
-    logits = emb @ W
-    if candidates is None:
-        return logits
-    cand = torch.as_tensor(np.asarray(candidates), dtype=torch.long, device=logits.device)
-    if cand.dim() != 2 or cand.shape[0] != logits.shape[0] or cand.shape[1] == 0:
-        raise ValueError(f"candidates must be [n={logits.shape[0]}, k>=1] class indices, got shape {tuple(cand.shape)}")
-    if cand.min() < 0 or cand.max() >= logits.shape[1]:
-        raise ValueError(f"candidate class indices must be in 0..{logits.shape[1] - 1}, "
-                         f"got {int(cand.min())}..{int(cand.max())}")
-    masked = torch.full_like(logits, float("-inf"))
-    return masked.scatter(1, cand, logits.gather(1, cand))
+    from .lens import mask_candidates
+
+    return mask_candidates(emb @ W, candidates)
 
 
 def predict(

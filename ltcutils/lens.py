@@ -21,7 +21,7 @@ import torch
 
 from .store import Terms
 
-__all__ = ["LogitLens", "logit_lens", "predict_logits", "MAX_LENS_BYTES"]
+__all__ = ["LogitLens", "logit_lens", "predict_logits", "mask_candidates", "MAX_LENS_BYTES"]
 
 #: refuse to build a lens larger than this (the head logits are held in RAM as float32)
 MAX_LENS_BYTES = 4 * 1024**3
@@ -104,10 +104,26 @@ def logit_lens(terms: Terms, classifier: torch.Tensor, chunk: int = 256) -> Logi
     return LogitLens(head, static, total, W, tuple(terms.layers))
 
 
+def mask_candidates(logits: torch.Tensor, candidates: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+    """``logits [n, n_class]`` with every class outside each row's ``candidates [n, k]`` set to -inf.
+
+    Global class indexing is kept. ``candidates=None`` returns ``logits`` unchanged.
+
+    Raises:
+        ValueError: on a candidates array of the wrong shape or with indices out of range.
+    """
+    if candidates is None:
+        return logits
+    cand = torch.as_tensor(np.asarray(candidates), dtype=torch.long, device=logits.device)
+    if cand.dim() != 2 or cand.shape[0] != logits.shape[0] or cand.shape[1] == 0:
+        raise ValueError(f"candidates must be [n={logits.shape[0]}, k>=1] class indices, got shape {tuple(cand.shape)}")
+    if cand.min() < 0 or cand.max() >= logits.shape[1]:
+        raise ValueError(f"candidate class indices must be in 0..{logits.shape[1] - 1}, "
+                         f"got {int(cand.min())}..{int(cand.max())}")
+    masked = torch.full_like(logits, float("-inf"))
+    return masked.scatter(1, cand, logits.gather(1, cand))
+
+
 def predict_logits(logits: torch.Tensor, candidates: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """Argmax class ``[n]`` (global index); with ``candidates [n, k]`` only those classes compete."""
-    if candidates is None:
-        return logits.argmax(1)
-    cand = torch.as_tensor(np.asarray(candidates), dtype=torch.long)
-    sub = logits.gather(1, cand)
-    return cand.gather(1, sub.argmax(1, keepdim=True)).squeeze(1)
+    return mask_candidates(logits, candidates).argmax(1)

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from .decompose import head_label
-from .lens import LogitLens, predict_logits
+from .lens import LogitLens, mask_candidates
 
 __all__ = [
     "HeadSelection",
@@ -83,14 +83,9 @@ def margins(lens: LogitLens, y: np.ndarray, candidates: np.ndarray | None = None
         ``(margin [n, layer, head], pred [n], competitor [n])``; the competitor is the true class
         for a wrong prediction and the runner-up for a correct one.
     """
-    logits = lens.logits()
-    pred = predict_logits(logits, candidates)
+    masked = mask_candidates(lens.logits(), candidates)
+    pred = masked.argmax(1)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    masked = logits.clone()
-    if candidates is not None:
-        allowed = torch.zeros_like(masked, dtype=torch.bool)
-        allowed.scatter_(1, torch.as_tensor(np.asarray(candidates), dtype=torch.long), True)
-        masked[~allowed] = -torch.inf
     if masked.shape[1] < 2:
         raise LocateError("need at least two classes to form a margin")
     masked.scatter_(1, pred[:, None], -torch.inf)
