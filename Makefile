@@ -13,8 +13,9 @@ test: env
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q
 
 # Interactive: open the notebooks in JupyterLab.
+# (--allow-root only when run as root, which Jupyter otherwise refuses)
 lab: env
-	HF_HUB_OFFLINE=1 .venv/bin/jupyter lab notebooks/
+	HF_HUB_OFFLINE=1 .venv/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 bench: env
 	HF_HUB_OFFLINE=1 .venv/bin/python -m ltcutils.bench all

@@ -19,14 +19,13 @@ Label conventions:
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .base import GroupDataset
-from .registry import build, check_split, dataset_root, meta_error, require_file
+from .registry import build, check_split, dataset_root, meta_error, open_csv, require_file
 
 __all__ = ["load_fairface", "CONCEPTS", "AGE_BINS", "RACES", "GENDERS", "EXPECTED_SIZES"]
 
@@ -57,24 +56,10 @@ def _read_labels(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndar
     files, gender, age, race, service = [], [], [], [], []
     maps = {"gender": GENDERS, "age": {a: i for i, a in enumerate(AGE_BINS)},
             "race": {r: i for i, r in enumerate(RACES)}}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise meta_error(path, 1, None, f"the file is empty; expected a header with columns {list(COLUMNS)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise meta_error(path, 1, None, f"header lacks column(s) {missing}; expected columns {list(COLUMNS)} "
-                             f"(and optionally service_test), found {header}")
-        col = {c: header.index(c) for c in header}
+    expected = f"columns {list(COLUMNS)} (and optionally service_test)"
+    with open_csv(path, COLUMNS, expected) as (col, reader):
         has_service = "service_test" in col
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise meta_error(path, line, None, f"expected {len(header)} comma-separated fields, got {len(row)}")
+        for line, row in reader:
             vals = {}
             for name, m in maps.items():
                 raw = row[col[name]].strip()

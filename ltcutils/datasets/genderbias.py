@@ -47,7 +47,6 @@ male-dominated if its own female share (first row it appears in) is below 50.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import logging
 import os
@@ -58,7 +57,7 @@ from typing import Sequence
 import numpy as np
 
 from .base import DatasetError, GroupDataset
-from .registry import build, check_split, dataset_root, list_images, list_subdirs, meta_error, require_file
+from .registry import build, check_split, dataset_root, list_images, list_subdirs, meta_error, open_csv, require_file
 
 __all__ = ["load_genderbias", "read_occupation_pairs", "OccupationPair", "OCCUPATIONS", "VAL_OCCUPATIONS",
            "SPURIOUS_NAMES", "GROUP_NAMES", "PAIR_COLUMNS"]
@@ -172,23 +171,8 @@ def read_occupation_pairs(path: str | os.PathLike) -> dict[str, OccupationPair]:
     """
     path = Path(path)
     rows: list[tuple[str, str, float, float]] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise meta_error(path, 1, None, f"the file is empty; expected a header with columns {list(PAIR_COLUMNS)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in PAIR_COLUMNS if c not in header]
-        if missing:
-            raise meta_error(path, 1, None, f"header lacks column(s) {missing}; expected at least {list(PAIR_COLUMNS)}, "
-                             f"found {header}")
-        col = {c: header.index(c) for c in PAIR_COLUMNS}
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise meta_error(path, line, None, f"expected {len(header)} comma-separated fields, got {len(row)}")
+    with open_csv(path, PAIR_COLUMNS, f"at least {list(PAIR_COLUMNS)}") as (col, reader):
+        for line, row in reader:
             jm, jf = row[col["job_male"]].strip(), row[col["job_female"]].strip()
             for c, v in (("job_male", jm), ("job_female", jf)):
                 if not v:

@@ -22,12 +22,14 @@ has its own ``skip_bad`` for those).
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import importlib
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -156,6 +158,49 @@ def meta_error(path: Path, line: int, column: str | None, message: str) -> Datas
     """A DatasetError pointing at ``path``, 1-based ``line`` and ``column``."""
     col = f", column {column!r}" if column is not None else ""
     return DatasetError(f"{path}: line {line}{col}: {message}")
+
+
+@contextlib.contextmanager
+def open_csv(
+    path: Path, columns: Sequence[str], expected: str
+) -> Iterator[tuple[dict[str, int], Iterator[tuple[int, list[str]]]]]:
+    """Open a metadata CSV whose header must hold ``columns``; yield ``(col, rows)``.
+
+    ``col`` maps every header name (stripped) to its field index. ``rows`` streams the data
+    rows as ``(1-based line, fields)``, skipping blank lines; a row whose field count differs
+    from the header's raises as it is reached, so errors come in file order.
+
+    Args:
+        path: the CSV file.
+        columns: the columns the header must contain.
+        expected: how to describe the expected header in the error message (e.g.
+            ``"columns ['file', 'age']"``).
+
+    Raises:
+        DatasetError: empty file, header without ``columns``, a row with the wrong field count
+            (file, 1-based line).
+    """
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise meta_error(path, 1, None, f"the file is empty; expected a header with columns {list(columns)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise meta_error(path, 1, None, f"header lacks column(s) {missing}; expected {expected}, found {header}")
+        col = {c: header.index(c) for c in header}
+
+        def rows() -> Iterator[tuple[int, list[str]]]:
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise meta_error(path, line, None, f"expected {len(header)} comma-separated fields, got {len(row)}")
+                yield line, row
+
+        yield col, rows()
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -18,14 +18,13 @@ bank to :func:`ltcutils.text.load_prompt_bank`.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .base import DatasetError, GroupDataset
-from .registry import build, check_split, dataset_root, meta_error, require_file
+from .registry import build, check_split, dataset_root, meta_error, open_csv, require_file
 
 __all__ = ["load_waterbirds", "CLASS_NAMES", "SPURIOUS_NAMES", "GROUP_NAMES", "PLACE_CATEGORIES",
            "EXPECTED_SIZES", "EXPECTED_GROUP_SIZES"]
@@ -62,25 +61,10 @@ def _place_category(raw: str) -> str:
 def _read_metadata(path: Path) -> list[tuple[int, str, int, int, int, str]]:
     """Rows (line, img_filename, y, split, place, place_category) of ``metadata.csv``, validated."""
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise meta_error(path, 1, None, f"the file is empty; expected a header with columns {list(COLUMNS)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise meta_error(path, 1, None, f"header lacks column(s) {missing}; expected columns {list(COLUMNS)}, "
-                             f"found {header}")
-        col = {c: header.index(c) for c in COLUMNS}
-        allowed = {"y": (0, 1, "0 (landbird) or 1 (waterbird)"), "split": (0, 2, "0 (train), 1 (val) or 2 (test)"),
-                   "place": (0, 1, "0 (land) or 1 (water)")}
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise meta_error(path, line, None, f"expected {len(header)} comma-separated fields, got {len(row)}")
+    allowed = {"y": (0, 1, "0 (landbird) or 1 (waterbird)"), "split": (0, 2, "0 (train), 1 (val) or 2 (test)"),
+               "place": (0, 1, "0 (land) or 1 (water)")}
+    with open_csv(path, COLUMNS, f"columns {list(COLUMNS)}") as (col, reader):
+        for line, row in reader:
             vals = {}
             for name, (lo, hi, what) in allowed.items():
                 raw = row[col[name]].strip()
