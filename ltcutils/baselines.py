@@ -228,7 +228,7 @@ def _basis(dirs: torch.Tensor | None, d: int, what: str) -> torch.Tensor | None:
         return None
     from .correct import orthonormal_basis  # reduced QR; drops linearly dependent directions
 
-    return orthonormal_basis(dirs.double()).double()
+    return orthonormal_basis(dirs.detach().double().cpu()).double()
 
 
 def roboshot(

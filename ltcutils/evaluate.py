@@ -51,6 +51,8 @@ class EvalSplit:
     group_names: list[str]
     candidates: np.ndarray | None = None
     name: str = ""
+    spurious: np.ndarray | None = None
+    rows: np.ndarray | None = None  # index of each image in its store (skipped images are left out)
 
     @classmethod
     def from_store(cls, store: ActivationStore, classifier: torch.Tensor) -> "EvalSplit":
@@ -63,9 +65,9 @@ class EvalSplit:
         if len(keep) < len(store):
             terms = terms.take(keep)
         cand = labels.get("candidates")
-        return cls(logit_lens(terms, classifier), terms, labels["y"][keep], labels["group"][keep],
+        return cls(logit_lens(terms, classifier.cpu()), terms, labels["y"][keep], labels["group"][keep],
                    list(store.meta["group_names"]), None if cand is None else cand[keep],
-                   f"{store.meta['dataset']}/{store.meta['split']}")
+                   f"{store.meta['dataset']}/{store.meta['split']}", labels["spurious"][keep], keep)
 
     def predict(self, logits: torch.Tensor) -> np.ndarray:
         return predict_logits(logits, self.candidates).numpy()
@@ -223,7 +225,14 @@ def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) 
     from .correct import orthonormal_basis
     from .text import pair_directions
 
+    import warnings
+
     out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
+    classifier = classifier.cpu()
+    keyed = [k for k in ("injection", "roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
+    if keyed:
+        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; per-image concept bases are not "
+                      "supported yet, so these methods are left out of the table", stacklevel=2)
     if bank.ortho_spurious and bank.ortho_candidates:
         spur = model.encode_text(bank.ortho_spurious)
         zi, zj = [], []
@@ -233,13 +242,14 @@ def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) 
                 zi.append(emb[a])
                 zj.append(emb[b])
         if zi:
-            out["ortho_classifier"] = baselines.ortho_cali(classifier, spur, (torch.stack(zi), torch.stack(zj)), lam=lam)
+            out["ortho_classifier"] = baselines.ortho_cali(classifier, spur.cpu(), (torch.stack(zi).cpu(), torch.stack(zj).cpu()),
+                                                           lam=lam)
     if isinstance(bank.roboshot_reject, list) and bank.roboshot_reject:
-        out["roboshot_reject"] = pair_directions(model, bank.roboshot_reject)
+        out["roboshot_reject"] = pair_directions(model, bank.roboshot_reject).cpu()
     if isinstance(bank.roboshot_accept, list) and bank.roboshot_accept:
-        out["roboshot_accept"] = pair_directions(model, bank.roboshot_accept)
+        out["roboshot_accept"] = pair_directions(model, bank.roboshot_accept).cpu()
     if isinstance(bank.injection, list) and bank.injection:
-        out["injection_basis"] = orthonormal_basis(pair_directions(model, bank.injection))
+        out["injection_basis"] = orthonormal_basis(pair_directions(model, bank.injection).cpu())
     return out
 
 

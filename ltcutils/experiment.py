@@ -76,6 +76,11 @@ class Experiment:
             from .datasets.registry import load_dataset
 
             ds = load_dataset(self.dataset, name, root=self.data_root, **self.dataset_kwargs)
+            if list(ds.class_names) != list(self.bank.class_names):
+                raise ValueError(
+                    f"the prompt bank {self.bank.source} names classes {self.bank.class_names[:5]}... but the "
+                    f"dataset's classes are {list(ds.class_names)[:5]}...; the classifier would be silently wrong. "
+                    "Pass a prompt bank whose class_names match the dataset (prompt_bank=...)")
             if self.max_images is not None and len(ds) > self.max_images:
                 ds = ds.subset(stratified_subset(ds.group, self.max_images, self.seed))
             self._splits[name] = ds
@@ -92,12 +97,12 @@ class Experiment:
 
     # ------------------------------------------------------------------ text
     def classifier(self) -> torch.Tensor:
-        """Zero-shot class classifier ``[d_embed, n_class]`` from the prompt bank."""
-        return zero_shot_classifier(self.model, self.bank)
+        """Zero-shot class classifier ``[d_embed, n_class]`` from the prompt bank (on CPU, like the caches)."""
+        return zero_shot_classifier(self.model, self.bank).cpu()
 
     def spurious_classifier(self) -> torch.Tensor:
-        """Zero-shot classifier of the spurious attribute ``[d_embed, n_spurious]``."""
-        return zero_shot_classifier(self.model, self.bank, spurious=True)
+        """Zero-shot classifier of the spurious attribute ``[d_embed, n_spurious]`` (on CPU)."""
+        return zero_shot_classifier(self.model, self.bank, spurious=True).cpu()
 
     def describe(self) -> dict:
         return {"model": self.model.describe(), "dataset": self.dataset, "data_root": self.data_root,
@@ -156,6 +161,9 @@ def setup(
         if n_per_group is not None:
             dataset_kwargs["n_per_group"] = n_per_group
     elif n_per_group is not None:
-        raise ValueError("n_per_group sizes the synthetic benchmark only; use max_images to subsample a real dataset")
+        import warnings
+
+        warnings.warn(f"n_per_group={n_per_group} sizes the synthetic benchmark only and is ignored for {dataset}; "
+                      "use max_images to subsample a real dataset", stacklevel=2)
     return Experiment(m, dataset, bank, data_root, out, cache, batch_size, dataset_kwargs, layers,
                       max_images=max_images, seed=seed)

@@ -316,7 +316,8 @@ class HookedViT(HookedRootModule):
                 if key in sd:
                     ours[f"blocks.{l}.{mk}"] = sd[key]
         _require_keys(sd, needed)
-        model.load_state_dict(ours, strict=True)
+        # assign=True: the hooked model's parameters *are* the given tensors (no second copy)
+        model.load_state_dict(ours, strict=True, assign=True)
         return model
 
     @classmethod

@@ -40,6 +40,8 @@ __all__ = [
     "margins",
     "top_head_frequencies",
     "conflicting_mask",
+    "conflicting_groups",
+    "pseudo_groups",
     "locate",
     "choose_k",
     "parse_head",
@@ -52,6 +54,7 @@ CONFLICTING_GROUPS: dict[str, list[int]] = {
     "synthetic": [1, 2],  # landbird on water, waterbird on land
     "waterbirds": [1, 2],
     "celeba": [0, 3],  # non-blond female, blond male (blond hair correlates with female)
+    "genderbias": [1, 2],  # group = 2 * male_dominated + gender: women in male-dominated jobs and vice versa
 }
 
 
@@ -86,8 +89,9 @@ def margins(lens: LogitLens, y: np.ndarray, candidates: np.ndarray | None = None
     masked = mask_candidates(lens.logits(), candidates)
     pred = masked.argmax(1)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    if masked.shape[1] < 2:
-        raise LocateError("need at least two classes to form a margin")
+    n_comp = masked.shape[1] if candidates is None else np.asarray(candidates).shape[1]
+    if n_comp < 2:
+        raise LocateError("need at least two competing classes per image to form a margin")
     masked.scatter_(1, pred[:, None], -torch.inf)
     runner_up = masked.argmax(1)
     comp = torch.where(pred == yt, runner_up, yt)
@@ -112,6 +116,27 @@ def top_head_frequencies(margin: torch.Tensor, mask: np.ndarray | torch.Tensor) 
     top = sel.argmax(1)
     F = torch.bincount(top, minlength=L * H).double() / count
     return F.reshape(L, H).numpy(), count
+
+
+def pseudo_groups(group: np.ndarray, spurious: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Groups with the spurious label replaced by a prediction.
+
+    Every dataset here encodes ``group = base(y) + spurious`` (Waterbirds: ``2 * y + s``;
+    GenderBias: ``2 * male_dominated + gender``), so ``group - spurious + predicted`` swaps
+    the true spurious label for the predicted one without knowing the layout.
+    """
+    return np.asarray(group) - np.asarray(spurious) + np.asarray(predicted)
+
+
+def conflicting_groups(dataset: str) -> list[int]:
+    """The bias-conflicting groups of a dataset, or a clear error if it has none defined."""
+    try:
+        return list(CONFLICTING_GROUPS[dataset])
+    except KeyError:
+        raise LocateError(
+            f"no bias-conflicting groups are defined for {dataset!r} (known: {sorted(CONFLICTING_GROUPS)}); "
+            "pass conflicting=[...] explicitly or use groups='full'"
+        ) from None
 
 
 def conflicting_mask(group: np.ndarray, conflicting: Sequence[int]) -> np.ndarray:
@@ -196,6 +221,7 @@ def locate(
     groups: str = "true",
     conflicting: Sequence[int] | None = None,
     spurious_logits: torch.Tensor | None = None,
+    spurious: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
     rule: str = "threshold",
     k: int | None = None,
@@ -211,9 +237,11 @@ def locate(
         y: ``[n]`` true classes.
         group: ``[n]`` groups (``2 * y + spurious``) for ``groups="true"``.
         groups: ``"true"`` (spurious labels), ``"pseudo"`` (spurious attribute predicted
-            zero-shot from ``spurious_logits [n, n_spurious]``; groups become
-            ``2 * y + predicted``) or ``"full"`` (all images, no groups).
-        conflicting: the bias-conflicting group ids (default for binary benchmarks: ``[1, 2]``).
+            zero-shot from ``spurious_logits [n, n_spurious]``; each group's spurious part is
+            replaced by the prediction, see :func:`pseudo_groups`) or ``"full"`` (all images).
+        spurious: ``[n]`` true spurious labels (needed by ``"pseudo"`` to rebuild the groups).
+        conflicting: the bias-conflicting group ids (default ``[1, 2]``, the Waterbirds layout
+            ``group = 2 * y + spurious``; see :data:`CONFLICTING_GROUPS` for other datasets).
         candidates: optional ``[n, k]`` per-image candidate classes.
         rule: ``"threshold"`` (difference > 1/K) or ``"topk"`` (``k`` largest differences).
         score: what ``"topk"`` ranks: ``"count"`` (``F_wrong - F_correct``, the paper's statistic)
@@ -234,8 +262,10 @@ def locate(
     elif groups == "pseudo":
         if spurious_logits is None:
             raise ValueError("groups='pseudo' needs spurious_logits [n, n_spurious] from spurious prompts")
-        s_hat = spurious_logits.argmax(1).numpy()
-        use = conflicting_mask(2 * y + s_hat, [1, 2] if conflicting is None else conflicting)
+        if group is None or spurious is None:
+            raise ValueError("groups='pseudo' needs group and spurious (the true ones are replaced by predictions)")
+        s_hat = spurious_logits.detach().cpu().argmax(1).numpy()
+        use = conflicting_mask(pseudo_groups(group, spurious, s_hat), [1, 2] if conflicting is None else conflicting)
     elif groups == "full":
         use = np.ones(len(y), dtype=bool)
     else:

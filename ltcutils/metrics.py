@@ -376,8 +376,8 @@ def occupation_bias(
 ) -> pd.DataFrame:
     """Per-occupation accuracy for female and male images and their absolute difference.
 
-    GenderBias-VL stores gender as 0 = female, 1 = male (the defaults); FairFace uses the
-    opposite (0 = Male, 1 = Female): pass ``female=1, male=0`` there.
+    Every gender dataset of the workbook (GenderBias-VL, FairFace) codes gender as 0 = female,
+    1 = male, the defaults here; other codings can be passed as ``female=`` / ``male=``.
 
     Args:
         pred_correct: ``[n]`` bool, whether each image was classified correctly.

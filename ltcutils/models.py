@@ -90,7 +90,7 @@ class LoadedModel:
     def describe(self) -> dict:
         """Small JSON-able description used in fingerprints and metadata."""
         return {"model": self.name, "pretrained": self.pretrained, "weights": self.fingerprint,
-                "vit": self.hooked.cfg.to_dict()}
+                "dtype": str(next(self.hooked.parameters()).dtype), "vit": self.hooked.cfg.to_dict()}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -244,7 +244,6 @@ def capture(
     normalized: bool = True,
     skip_bad: bool = False,
     rebuild: bool = False,
-    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ActivationStore:
     """Decompose every image of ``dataset`` and stream the terms to disk; resume if interrupted.
@@ -259,7 +258,9 @@ def capture(
         normalized: divide terms by the embedding norm (terms sum to the unit embedding).
         skip_bad: an unreadable image is recorded as invalid (``store.valid``) instead of raising.
         rebuild: delete and rebuild a store made from other inputs instead of refusing it.
-        device: where to run the model (default: the model's device). Results move to CPU per batch.
+
+    The model runs on its own device (``load_model(..., device=...)``); results move to the CPU
+    batch by batch.
 
     Returns:
         the completed :class:`ActivationStore`.
@@ -324,7 +325,10 @@ def capture(
         if dataset.candidates is not None:
             labels["candidates"] = dataset.candidates
         for k, v in dataset.extra.items():
-            labels[f"extra_{k}"] = np.asarray(v)
+            arr = np.asarray(v)
+            if arr.dtype == object:  # np.savez would pickle it; store text instead
+                arr = arr.astype(str)
+            labels[f"extra_{k}"] = arr
         buf = _npz_bytes(labels)
         atomic_write(path / "labels.npz", buf)
         meta = dict(spec, fingerprint=fp, n=n, n_shards=n_shards, has_rest=has_rest, model=model.describe(),
@@ -341,7 +345,7 @@ def capture(
     rest_mm = np.load(path / "rest.npy", mmap_mode="r+") if meta["has_rest"] else None
     norm_mm = np.load(path / "norm.npy", mmap_mode="r+")
     valid = np.load(path / "valid.npy")
-    dev = torch.device(device) if device is not None else next(hooked.parameters()).device
+    dev = next(hooked.parameters()).device
     bar = _progress(total=n, initial=min(start * shard_size, n), desc=f"capture {dataset.name}/{dataset.split}",
                     enabled=progress)
     for s in range(start, n_shards):

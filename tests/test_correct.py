@@ -82,3 +82,22 @@ def test_live_encoder_equals_cached_edit(tiny, cached):
     # no edit: the live encoder is the plain normalised encoder
     plain = DebiasedEncoder(tiny, Correction())(px)
     assert torch.allclose(plain, tiny.encode_image(px), atol=1e-6)
+
+
+def test_layer_positions_vs_layer_numbers(tiny, tmp_path):
+    """With only layers 1 and 3 captured, layer numbers and array positions differ."""
+    ds = make_fake_dataset(12)
+    st = ltc.store.capture(tiny, ds, tmp_path, layers=[1, 3], dtype="float32", progress=False)
+    W = torch.nn.functional.normalize(torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), dim=0)
+    lens = ltc.lens.logit_lens(st.terms, W)
+    means = head_means(st.terms)
+    q = orthonormal_basis(torch.randn(2, 64, generator=torch.Generator().manual_seed(2)))
+    corr = Correction.mean_ablation([(3, 0)], means, st.terms.layers, "ref").with_injection([(1, 2)], q, 0.5, False)
+    heads = torch.from_numpy(np.array(st.heads))  # [n, 2, H, D]: position 0 is layer 1, position 1 is layer 3
+    x = heads[:, 0, 2]
+    expected = lens.total - heads[:, 1, 0] + means[1, 0] - x + inject(x, q, 0.5, False)
+    assert torch.allclose(corrected_embedding(lens, corr, st.terms), expected, atol=1e-5)
+    px = torch.stack([tiny.preprocess(ds.image(i)) for i in range(12)])
+    assert torch.allclose(DebiasedEncoder(tiny, corr)(px), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="not among the captured layers"):
+        corrected_embedding(lens, Correction.zero_ablation([(0, 1)], 64), st.terms)

@@ -103,3 +103,9 @@ def test_state_dict_keys_and_bad_inputs():
     m = HookedViT(cfg)
     with pytest.raises(ValueError, match="expected 32x32"):
         m(torch.zeros(1, 3, 64, 64))
+
+
+def test_hooked_tower_shares_the_open_clip_weights(tiny):
+    assert tiny.hooked.blocks[0].attn.in_proj_weight.data_ptr() == \
+        tiny.clip.visual.transformer.resblocks[0].attn.in_proj_weight.data_ptr()
+    assert tiny.hooked.proj.data_ptr() == tiny.clip.visual.proj.data_ptr()

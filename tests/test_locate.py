@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ltcutils.lens import LogitLens, predict_logits
-from ltcutils.locate import HeadSelection, LocateError, choose_k, locate, margins, top_head_frequencies
+from ltcutils.locate import (HeadSelection, LocateError, choose_k, conflicting_groups, locate, margins,
+                             pseudo_groups, top_head_frequencies)
 
 
 def _lens(head_logits, static=None):
@@ -77,8 +78,14 @@ def test_topk_and_pseudo_groups_and_roundtrip(tmp_path):
     assert sel.spurious == [(1, 1)]  # only heads with a positive difference
     s_logits = torch.zeros(len(y), 2)
     s_logits[np.arange(len(y)), g % 2] = 1  # a perfect spurious classifier gives the true groups
-    pseudo = locate(lens, y, groups="pseudo", spurious_logits=s_logits)
+    pseudo = locate(lens, y, g, groups="pseudo", spurious_logits=s_logits, spurious=g % 2)
     assert pseudo.spurious == [(1, 1)] and pseudo.groups == "pseudo"
+    # a predictor that flips every spurious label turns conflicting into aligned images
+    # (the 5 aligned images, all correctly classified, then form the set: nothing to contrast)
+    with pytest.raises(LocateError, match="no wrong predictions on the 5 bias-conflicting"):
+        locate(lens, y, g, groups="pseudo", spurious_logits=1 - s_logits, spurious=g % 2)
+    # groups of any layout group = base + spurious: swap in the predicted label
+    assert pseudo_groups(np.array([10, 11, 3]), np.array([0, 1, 1]), np.array([1, 0, 1])).tolist() == [11, 10, 3]
     p = sel.save(tmp_path / "heads.json")
     back = HeadSelection.load(p)
     assert back.spurious == sel.spurious and back.rule == "topk" and back.k == 2
@@ -93,6 +100,9 @@ def test_clear_errors():
         locate(lens.take(slice(8, 13)), y[8:], g[8:])
     with pytest.raises(ValueError, match="needs k"):
         locate(lens, y, g, rule="topk")
+    with pytest.raises(LocateError, match="no bias-conflicting groups are defined for 'fairface'"):
+        conflicting_groups("fairface")
+    assert conflicting_groups("celeba") == [0, 3]
 
 
 def test_choose_k_prefers_smallest_best():

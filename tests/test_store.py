@@ -108,3 +108,10 @@ def test_bytes_per_image_fp16(tiny, tmp_path):
     # heads 4*4*64 + mlps 5*64 halves + 4-byte norm + 1-byte valid (+ npy headers amortised)
     expected = (4 * 4 * 64 + 5 * 64) * 2 + 4 + 1
     assert expected <= st.nbytes_per_image() < expected + 200
+
+
+def test_object_extras_are_stored_as_text_not_pickled(tiny, tmp_path):
+    ds = make_fake_dataset(4)
+    ds.extra = {"note": np.array(["a", None, "c", 1], dtype=object)}
+    st = capture(tiny, ds, tmp_path, progress=False)
+    assert st.labels["extra_note"].tolist() == ["a", "None", "c", "1"]
