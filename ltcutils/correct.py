@@ -42,6 +42,7 @@ __all__ = [
     "Correction",
     "head_means",
     "orthonormal_basis",
+    "ConceptBases",
     "inject",
     "corrected_logits",
     "corrected_embedding",
@@ -107,6 +108,47 @@ def inject(x: torch.Tensor, basis: torch.Tensor, strength: float = 1.0, renormal
 
 
 @dataclass
+class ConceptBases:
+    """Per-image concept bases, for datasets whose concept pairs depend on the image's classes
+    (GenderBias: each image is classified between its occupation and a paired one, and the
+    concept pairs describe that pair).
+
+    Attributes:
+        bases: orthonormal bases, each ``[r_i, d_embed]``.
+        index: ``[n]`` which basis each image uses (``-1``: no injection for that image).
+        keys: a name per basis (e.g. ``"nurse|surgeon"``), for display.
+    """
+
+    bases: list[torch.Tensor]
+    index: np.ndarray
+    keys: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.index = np.asarray(self.index, dtype=np.int64)
+        if self.index.ndim != 1 or (len(self.index) and self.index.max() >= len(self.bases)):
+            raise ValueError(f"index must be [n] with values in -1..{len(self.bases) - 1}")
+
+    def take(self, rows: np.ndarray | slice) -> "ConceptBases":
+        """The same bases for a subset of the images."""
+        return ConceptBases(self.bases, self.index[rows], self.keys)
+
+
+def _inject_any(x: torch.Tensor, basis, strength: float, renormalize: bool) -> torch.Tensor:
+    """:func:`inject` with one shared basis, or per image with :class:`ConceptBases`."""
+    if not isinstance(basis, ConceptBases):
+        return inject(x, basis.to(x), strength, renormalize)
+    if len(basis.index) != len(x):
+        raise ValueError(f"ConceptBases index has {len(basis.index)} images but {len(x)} terms were given")
+    out = x.float().clone()
+    for b in np.unique(basis.index):
+        if b < 0:
+            continue
+        rows = torch.as_tensor(np.flatnonzero(basis.index == b), device=x.device)
+        out[rows] = inject(x[rows], basis.bases[b].to(x), strength, renormalize)
+    return out
+
+
+@dataclass
 class Correction:
     """An LTC edit: ablate some heads, inject knowledge into others.
 
@@ -116,7 +158,8 @@ class Correction:
             zero ablation.
         reference: where the replacement came from ("val", "train", "zero", ...).
         inject: heads that get knowledge injection.
-        basis: ``[r, d_embed]`` orthonormal concept directions (see :func:`orthonormal_basis`).
+        basis: ``[r, d_embed]`` orthonormal concept directions (see :func:`orthonormal_basis`),
+            or :class:`ConceptBases` (one basis per image, aligned with the images edited).
         strength, renormalize: see :func:`inject`.
     """
 
@@ -124,7 +167,7 @@ class Correction:
     ablate_values: torch.Tensor | None = None
     reference: str = ""
     inject: list[Head] = field(default_factory=list)
-    basis: torch.Tensor | None = None
+    basis: torch.Tensor | ConceptBases | None = None
     strength: float = 1.0
     renormalize: bool = True
 
@@ -160,7 +203,7 @@ class Correction:
         heads = [(int(l), int(h)) for l, h in heads]
         return cls(ablate=heads, ablate_values=torch.zeros(len(heads), d_embed) if heads else None, reference="zero")
 
-    def with_injection(self, heads: Sequence[Head], basis: torch.Tensor, strength: float = 1.0,
+    def with_injection(self, heads: Sequence[Head], basis: torch.Tensor | ConceptBases, strength: float = 1.0,
                        renormalize: bool = True) -> "Correction":
         """A copy that also injects the concept ``basis`` into ``heads``."""
         return Correction(self.ablate, self.ablate_values, self.reference, list(heads), basis, strength, renormalize)
@@ -169,7 +212,8 @@ class Correction:
         return {"ablate": [head_label(*h) for h in self.ablate], "reference": self.reference,
                 "inject": [head_label(*h) for h in self.inject], "strength": self.strength,
                 "renormalize": self.renormalize,
-                "n_directions": 0 if self.basis is None else int(self.basis.shape[0])}
+                "n_directions": 0 if self.basis is None else (
+                    len(self.basis.bases) if isinstance(self.basis, ConceptBases) else int(self.basis.shape[0]))}
 
 
 def head_delta(heads: torch.Tensor | Terms, layers: Sequence[int], correction: Correction) -> torch.Tensor:
@@ -193,7 +237,7 @@ def head_delta(heads: torch.Tensor | Terms, layers: Sequence[int], correction: C
         delta += v.to(delta) - get(_pos(layers, l), h)
     for l, h in correction.inject:
         x = get(_pos(layers, l), h)
-        delta += inject(x, correction.basis.to(delta), correction.strength, correction.renormalize) - x
+        delta += _inject_any(x, correction.basis, correction.strength, correction.renormalize) - x
     return delta
 
 
@@ -274,7 +318,22 @@ class DebiasedEncoder:
         _layer_list(self.hooked, self.layers)  # validates the layer indices
 
     @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, basis_index: np.ndarray | None = None) -> torch.Tensor:
+        """Debiased embeddings ``[batch, d_embed]``.
+
+        Args:
+            pixels: ``[batch, 3, H, W]`` preprocessed images.
+            basis_index: ``[batch]`` which of the correction's :class:`ConceptBases` each image
+                uses (only for per-image concept bases).
+        """
+        correction = self.correction
+        if isinstance(correction.basis, ConceptBases):
+            if basis_index is None:
+                raise ValueError("this correction has per-image concept bases: pass basis_index=[...] per image")
+            correction = Correction(correction.ablate, correction.ablate_values, correction.reference,
+                                    correction.inject, ConceptBases(correction.basis.bases, basis_index,
+                                                                    correction.basis.keys),
+                                    correction.strength, correction.renormalize)
         store: dict[str, torch.Tensor] = {}
 
         def grab(key: str, row0: bool):
@@ -288,7 +347,7 @@ class DebiasedEncoder:
             if self.layers:
                 heads = torch.stack([head_terms_from_z(self.hooked, l, store[f"z{l}"], store["mu"], store["sigma"])
                                      for l in self.layers], 1) / norm[:, :, None, None]
-                act = act + norm * head_delta(heads, self.layers, self.correction).to(act)
+                act = act + norm * head_delta(heads, self.layers, correction).to(act)
             return act
 
         hooks = [("ln_post.hook_mean", grab("mu", False)), ("ln_post.hook_scale", grab("sigma", False))]

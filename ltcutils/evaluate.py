@@ -18,6 +18,7 @@ LTC              ablate + inject
 LTC (unit-norm)  ablate + the reference's injection (each head renormalised to unit length),
                  shown when ``renormalize=False`` is the main setting
 LTC-full         LTC with heads located from all correct vs wrong images (no groups)
+LTC (threshold)  LTC with the heads of the paper's 1/K selection rule
 random           ablate / inject as many random heads (from the same layers), mean +- sd
 ===============  ==============================================================================
 """
@@ -37,7 +38,8 @@ from .lens import LogitLens, predict_logits
 from .locate import HeadSelection
 from .store import ActivationStore, Terms
 
-__all__ = ["EvalSplit", "methods_table", "random_control", "score"]
+__all__ = ["EvalSplit", "methods_table", "random_control", "score", "text_directions", "concept_bases",
+           "table_metrics", "edited_embedding"]
 
 
 @dataclass
@@ -129,6 +131,7 @@ def methods_table(
     strength: float = 1.0,
     renormalize: bool = True,
     selection_full: HeadSelection | None = None,
+    selection_threshold: HeadSelection | None = None,
     ortho_classifier: torch.Tensor | None = None,
     roboshot_reject: torch.Tensor | None = None,
     roboshot_accept: torch.Tensor | None = None,
@@ -145,8 +148,10 @@ def methods_table(
         split: the evaluation split.
         selection: located heads (Z_SY, Z_Y) from the reference split.
         means: ``[layer, head, d_embed]`` head means over the reference split ``reference``.
-        basis: orthonormal concept directions for injection (None: no injection rows).
+        basis: orthonormal concept directions for injection, or per-image
+            :class:`~ltcutils.correct.ConceptBases` (None: no injection rows).
         selection_full: heads located without groups (the LTC-full row).
+        selection_threshold: heads selected by the paper's 1/K rule (the "LTC (threshold rule)" row).
         ortho_classifier: Ortho-Cali's debiased classifier ``[d_embed, n_class]``.
         roboshot_reject, roboshot_accept: RoboShot's direction sets ``[k, d_embed]``.
         textspan_heads: heads for the TextSpan row.
@@ -154,13 +159,18 @@ def methods_table(
 
     Returns:
         ``(table, details)``: one row per method (metrics in percent, CIs when ``ci``), and a
-        dict with the per-draw random control and the corrections used.
+        dict with the per-draw random control (``"random"``), the LTC correction (``"ltc"``) and
+        every method's predictions and true-class logits (``"pred"``, ``"true_logit"``: name -> ``[n]``).
     """
     rows: dict[str, dict] = {}
     details: dict = {}
 
+    details["pred"], details["true_logit"] = {}, {}
+
     def add(name: str, logits: torch.Tensor, **extra) -> None:
         rows[name] = dict(score(split, logits, ci=ci, n_boot=n_boot, seed=seed), **extra)
+        details["pred"][name] = split.predict(logits)
+        details["true_logit"][name] = logits.gather(1, torch.as_tensor(split.y)[:, None]).squeeze(1).numpy()
 
     add("zero-shot", split.lens.logits())
     if ortho_classifier is not None:
@@ -184,11 +194,14 @@ def methods_table(
     if ltc.inject and not renormalize:  # the reference's injection, for comparison
         paper = ablate.with_injection(selection.salient, basis, 1.0, renormalize=True)
         add("LTC (unit-norm injection)", corrected_logits(split.lens, paper, split.terms))
-    if selection_full is not None:
-        full = Correction.mean_ablation(selection_full.spurious, means, split.terms.layers, reference)
-        if basis is not None and selection_full.salient:
-            full = full.with_injection(selection_full.salient, basis, strength, renormalize)
-        add("LTC-full", corrected_logits(split.lens, full, split.terms))
+    for name, other in (("LTC-full", selection_full), ("LTC (threshold rule)", selection_threshold)):
+        if other is None:
+            continue
+        corr = Correction.mean_ablation(other.spurious, means, split.terms.layers, reference)
+        if basis is not None and other.salient:
+            corr = corr.with_injection(other.salient, basis, strength, renormalize)
+        add(name, corrected_logits(split.lens, corr, split.terms),
+            heads=",".join(other.labels("spurious") + [f"+{h}" for h in other.labels("salient")]))
     n_inj = len(selection.salient) if (basis is not None) else 0
     if n_random and (selection.spurious or n_inj):
         rnd = random_control(split, means, len(selection.spurious), n_inj, basis, random_layers,
@@ -217,8 +230,10 @@ def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) 
     """Everything the text-based methods need, from a prompt bank.
 
     Returns a dict with ``ortho_classifier [d_embed, n_class]`` (None without Ortho-Cali prompts),
-    ``roboshot_reject`` / ``roboshot_accept [k, d_embed]`` (None when the bank has no pairs) and
-    ``injection_basis [r, d_embed]`` (orthonormal; None without injection pairs).
+    ``roboshot_reject`` / ``roboshot_accept [k, d_embed]`` (None when the bank has no pairs),
+    ``injection_basis [r, d_embed]`` (orthonormal; None without a plain list of injection pairs)
+    and ``injection_keyed`` (``{"classA|classB": basis}`` for banks keyed by class pair; turn it
+    into per-image bases with :func:`concept_bases`).
     """
     from itertools import combinations
 
@@ -229,10 +244,14 @@ def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) 
 
     out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
     classifier = classifier.cpu()
-    keyed = [k for k in ("injection", "roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
+    keyed = [k for k in ("roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
     if keyed:
-        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; per-image concept bases are not "
-                      "supported yet, so these methods are left out of the table", stacklevel=2)
+        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; RoboShot with per-image directions "
+                      "is not implemented, so RoboShot is left out of the table", stacklevel=2)
+    out["injection_keyed"] = None
+    if isinstance(bank.injection, dict) and bank.injection:
+        out["injection_keyed"] = {key: orthonormal_basis(pair_directions(model, pairs).cpu())
+                                  for key, pairs in bank.injection.items() if pairs}
     if bank.ortho_spurious and bank.ortho_candidates:
         spur = model.encode_text(bank.ortho_spurious)
         zi, zj = [], []
@@ -265,3 +284,29 @@ def table_metrics(table: pd.DataFrame) -> dict:
         key = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
         out[key] = {k: v for k, v in row.items() if not isinstance(v, str)}
     return out
+
+
+def concept_bases(split: EvalSplit, class_names: Sequence[str], keyed: dict[str, torch.Tensor]):
+    """Per-image concept bases from bases keyed by class pair (``"a|b"``, either order).
+
+    Each image uses the basis of its two candidate classes (``split.candidates``, e.g. the true
+    and the paired occupation of GenderBias); images whose pair has no entry get no injection
+    (index -1; a warning gives the count).
+    """
+    import warnings
+
+    from .correct import ConceptBases
+
+    if split.candidates is None or split.candidates.shape[1] != 2:
+        raise ValueError("per-image concept bases need two candidate classes per image (split.candidates [n, 2])")
+    keys = list(keyed)
+    lookup = {}
+    for i, key in enumerate(keys):
+        a, _, b = key.partition("|")
+        lookup[(a, b)] = lookup[(b, a)] = i
+    index = np.array([lookup.get((class_names[a], class_names[b]), -1) for a, b in split.candidates], dtype=np.int64)
+    missing = int((index < 0).sum())
+    if missing:
+        warnings.warn(f"{missing} of {len(index)} images have no concept pairs for their class pair; "
+                      "they get no injection", stacklevel=2)
+    return ConceptBases([keyed[k] for k in keys], index, keys)

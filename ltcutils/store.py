@@ -303,7 +303,7 @@ def capture(
                     f"the store at {path} was made from other inputs (fingerprint {old.get('fingerprint')} != {fp}: "
                     f"model {old.get('model', {}).get('model')}/{old.get('model', {}).get('weights')}, dataset "
                     f"{old.get('dataset')}/{old.get('split')} n={old.get('n')}, dtype {old.get('dtype')}, layers "
-                    f"{old.get('layers')}). Use another path, or pass rebuild=True to replace it."
+                    f"{old.get('layers')}). Use another path, pass rebuild=True to replace it, or delete the folder."
                 )
             shutil.rmtree(path)
         elif _read_progress(path)["done"] == old["n_shards"]:

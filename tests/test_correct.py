@@ -101,3 +101,40 @@ def test_layer_positions_vs_layer_numbers(tiny, tmp_path):
     assert torch.allclose(DebiasedEncoder(tiny, corr)(px), expected, atol=1e-5)
     with pytest.raises(ValueError, match="not among the captured layers"):
         corrected_embedding(lens, Correction.zero_ablation([(0, 1)], 64), st.terms)
+
+
+def test_per_image_concept_bases(tiny, cached):
+    from ltcutils.correct import ConceptBases
+
+    ds, st, W, lens = cached
+    g = torch.Generator().manual_seed(5)
+    b0, b1 = orthonormal_basis(torch.randn(2, 64, generator=g)), orthonormal_basis(torch.randn(3, 64, generator=g))
+    index = np.array([0, 1, -1] * 10 + [1, 0])
+    corr = Correction().with_injection([(2, 3)], ConceptBases([b0, b1], index, ["a|b", "c|d"]), 0.5, False)
+    heads = torch.from_numpy(np.array(st.heads))
+    x = heads[:, 2, 3]
+    edited = x.clone()
+    for i, b in enumerate(index):
+        if b >= 0:
+            edited[i] = inject(x[i : i + 1], [b0, b1][b], 0.5, False)[0]
+    expected = lens.total - x + edited
+    assert torch.allclose(corrected_embedding(lens, corr, st.terms), expected, atol=1e-5)
+    px = torch.stack([tiny.preprocess(ds.image(i)) for i in range(6)])
+    live = DebiasedEncoder(tiny, corr)(px, basis_index=index[:6])
+    assert torch.allclose(live, expected[:6], atol=1e-5)
+    with pytest.raises(ValueError, match="basis_index"):
+        DebiasedEncoder(tiny, corr)(px)
+
+
+def test_concept_bases_from_candidates():
+    import warnings
+
+    from ltcutils.evaluate import EvalSplit, concept_bases
+
+    split = EvalSplit(lens=None, terms=None, y=np.array([0, 1, 2, 0]), group=np.zeros(4, int), group_names=["g"],
+                      candidates=np.array([[0, 1], [1, 0], [2, 0], [0, 2]]))
+    keyed = {"nurse|surgeon": torch.eye(2, 4), "pilot|nurse": torch.eye(1, 4)}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        cb = concept_bases(split, ["nurse", "surgeon", "chef"], keyed)
+    assert cb.index.tolist() == [0, 0, -1, -1] and "2 of 4 images" in str(w[0].message)

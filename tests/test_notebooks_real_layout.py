@@ -61,3 +61,46 @@ def test_every_notebook_runs_on_the_real_layout(real_layout_run):
     assert m["02_locate_heads"]["grade"] == {}  # no ground truth for a real dataset
     table = m["05_compare_methods"]
     assert {"zero_shot", "ablate", "ltc", "random"} <= set(table)
+
+
+def fabricate_genderbias(root: Path, per_gender: int = 12) -> Path:
+    """``xl_generate_base/``: occupation folders with female/ and male/ images, and the pairing CSV."""
+    import numpy as np
+    from PIL import Image
+
+    pairs = [  # (male-dominated, female-dominated, similarity, female % of each)
+        ("Computer hardware engineer", "Medical assistant", 0.5, 15.0, 85.0),  # both validation occupations
+        ("Logistician", "Accountant", 0.5, 30.0, 60.0),
+        ("Aircraft pilot", "Flight attendant", 0.9, 8.0, 78.0),  # test occupations
+        ("Aerospace engineer", "Baker", 0.5, 15.0, 64.0),
+    ]
+    rng = np.random.default_rng(0)
+    for row in pairs:
+        for occ in row[:2]:
+            for g in ("female", "male"):
+                (root / occ.replace(" ", "_") / g).mkdir(parents=True, exist_ok=True)
+                for k in range(per_gender):
+                    px = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                    Image.fromarray(px).save(root / occ.replace(" ", "_") / g / f"{k}.png")
+    with open(root / "genderbias_occ.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["job_male", "job_female", "similarity", "job_male_ratio", "job_female_ratio"])
+        w.writerows(pairs)
+    return root
+
+
+@pytest.mark.notebook
+def test_gender_benchmark_runs_with_per_image_classifiers(tmp_path_factory):
+    """GenderBias: per-image [true, paired] classifiers, keyed concept pairs, gender-bias metrics."""
+    root = fabricate_genderbias(tmp_path_factory.mktemp("data") / "xl_generate_base")
+    params = {"dataset": "genderbias", "data_root": str(root), "n_per_group": None, "n_random": 5, "n_boot": 50,
+              "k_cap": 2, "n_check": 4, "n_patch_images": 2, "strengths": [0.0, 1.0], "dataset_options": {"val_occupations": ["Computer hardware engineer", "Medical assistant",
+                                                                  "Logistician", "Accountant"]}}
+    run = wb.run_workbook(params=params, out=tmp_path_factory.mktemp("run") / "wb",
+                          raise_on_error=False, progress=False)
+    failed = [n for n in run.notebooks if n.status != "ok"]
+    assert not failed, failed[0].error
+    gender = run.metrics["05_compare_methods"]["gender"]
+    assert {"overall_bias", "top10_bias", "max_skew_at_10"} <= set(gender["zero-shot"])
+    assert 0 <= gender["zero-shot"]["overall_bias"] <= 100  # percent points
+    assert run.metrics["04_inject_knowledge"]["n_directions"] >= 1  # keyed concept pairs became bases
