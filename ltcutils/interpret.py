@@ -599,6 +599,15 @@ def _top_k(values: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-values.ravel(), kind="stable")[:k]]
 
 
+def _scores_and_oracle(scores, oracle, layers) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Both tables as float64 ``[layer, head]`` arrays (checked to agree) and their layer numbers."""
+    s = np.asarray(scores, dtype=np.float64)
+    o = np.asarray(oracle, dtype=np.float64)
+    if s.ndim != 2 or s.shape != o.shape:
+        raise ValueError(f"scores and oracle must both be [layer, head], got {s.shape} and {o.shape}")
+    return s, o, _head_rows(layers, s.shape[0])
+
+
 def grade_heads(
     scores: np.ndarray | torch.Tensor,
     oracle: np.ndarray | torch.Tensor,
@@ -629,12 +638,8 @@ def grade_heads(
         ValueError: shapes disagree, nothing selected and no ``k``, ``k`` out of range, or a
             selected head outside the table.
     """
-    s = np.asarray(scores, dtype=np.float64)
-    o = np.asarray(oracle, dtype=np.float64)
-    if s.ndim != 2 or s.shape != o.shape:
-        raise ValueError(f"scores and oracle must both be [layer, head], got {s.shape} and {o.shape}")
+    s, o, rows = _scores_and_oracle(scores, oracle, layers)
     L, H = s.shape
-    rows = _head_rows(layers, L)
     labels = [head_label(l, h) for l in rows for h in range(H)]
     sel_idx = []
     for l, h in selected:
@@ -692,12 +697,8 @@ def plot_scores_vs_oracle(
     """
     import matplotlib.pyplot as plt
 
-    s = np.asarray(scores, dtype=np.float64)
-    o = np.asarray(oracle, dtype=np.float64)
-    if s.ndim != 2 or s.shape != o.shape:
-        raise ValueError(f"scores and oracle must both be [layer, head], got {s.shape} and {o.shape}")
+    s, o, rows = _scores_and_oracle(scores, oracle, layers)
     L, H = s.shape
-    rows = _head_rows(layers, L)
     sel = {(int(l), int(h)) for l, h in selected}
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
