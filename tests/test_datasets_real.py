@@ -595,3 +595,16 @@ def test_vit_b16_real_size_preprocessing(vit_b16, wb_root):
     with torch.no_grad():
         ref = torch.nn.functional.normalize(vit_b16.clip.encode_image(pixels), dim=-1)
     assert _rel(d.total(), ref) < 1e-5
+
+
+def test_vit_b16_captures_every_dataset_into_a_store(vit_b16, all_datasets, tmp_path):
+    """Each real layout, 2 images, through the ViT-B-16 architecture (random weights) into a store."""
+    from ltcutils.store import capture
+
+    for ds in all_datasets:
+        sub = ds.subset([0, len(ds) - 1])
+        st = capture(vit_b16, sub, tmp_path, batch_size=2, progress=False)
+        assert st.heads.shape == (2, 12, 12, 512) and st.heads.dtype == np.float16
+        assert st.y.tolist() == sub.y.tolist() and st.group.tolist() == sub.group.tolist()
+        total = st.terms.static_t(slice(None)) + st.terms.heads_t(slice(None)).sum((1, 2))
+        assert torch.allclose(total.norm(dim=-1), torch.ones(2), atol=5e-3), ds.name
