@@ -104,3 +104,19 @@ def test_gender_benchmark_runs_with_per_image_classifiers(tmp_path_factory):
     assert {"overall_bias", "top10_bias", "max_skew_at_10"} <= set(gender["zero-shot"])
     assert 0 <= gender["zero-shot"]["overall_bias"] <= 100  # percent points
     assert run.metrics["04_inject_knowledge"]["n_directions"] >= 1  # keyed concept pairs became bases
+
+
+@pytest.mark.notebook
+def test_heads_from_another_run_are_reused(tmp_path):
+    """A heads file saved elsewhere (here: written by hand) replaces locating, explicitly."""
+    from ltcutils.locate import HeadSelection
+
+    heads = HeadSelection(spurious=[(3, 2), (3, 0)], salient=[(0, 1)], rule="manual", groups="true",
+                          split="val", data={"dataset": "synthetic"}).save(tmp_path / "elsewhere.json")
+    run = wb.run_workbook(["02", "03"], params={"n_per_group": 50, "heads_from": str(heads), "n_random": 3},
+                          out=tmp_path / "wb", raise_on_error=False, progress=False)
+    failed = [n for n in run.notebooks if n.status != "ok"]
+    assert not failed, failed[0].error
+    assert run.metrics["02_locate_heads"]["selection"]["spurious"] == ["L3H2", "L3H0"]
+    assert run.metrics["02_locate_heads"]["selection"]["reused_from"] == str(heads)
+    assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2", "L3H0"]
