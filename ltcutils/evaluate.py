@@ -290,21 +290,27 @@ def concept_bases(split: EvalSplit, class_names: Sequence[str], keyed: dict[str,
     """Per-image concept bases from bases keyed by class pair (``"a|b"``, either order).
 
     Each image uses the basis of its two candidate classes (``split.candidates``, e.g. the true
-    and the paired occupation of GenderBias); images whose pair has no entry get no injection
-    (index -1; a warning gives the count).
+    and the paired occupation of GenderBias). Without candidates (CounterAnimal's 1000-way
+    classification) the pair is the image's two highest zero-shot classes, a label-free
+    pseudo-pair as in the reference. Images whose pair has no entry get no injection (index -1;
+    a warning gives the count).
     """
     import warnings
 
     from .correct import ConceptBases
 
-    if split.candidates is None or split.candidates.shape[1] != 2:
-        raise ValueError("per-image concept bases need two candidate classes per image (split.candidates [n, 2])")
+    if split.candidates is not None:
+        if split.candidates.shape[1] != 2:
+            raise ValueError("per-image concept bases need two candidate classes per image (split.candidates [n, 2])")
+        pairs = split.candidates
+    else:
+        pairs = split.lens.logits().topk(2, dim=1).indices.numpy()
     keys = list(keyed)
     lookup = {}
     for i, key in enumerate(keys):
         a, _, b = key.partition("|")
         lookup[(a, b)] = lookup[(b, a)] = i
-    index = np.array([lookup.get((class_names[a], class_names[b]), -1) for a, b in split.candidates], dtype=np.int64)
+    index = np.array([lookup.get((class_names[a], class_names[b]), -1) for a, b in pairs], dtype=np.int64)
     missing = int((index < 0).sum())
     if missing:
         warnings.warn(f"{missing} of {len(index)} images have no concept pairs for their class pair; "

@@ -55,6 +55,7 @@ CONFLICTING_GROUPS: dict[str, list[int]] = {
     "waterbirds": [1, 2],
     "celeba": [0, 3],  # non-blond female, blond male (blond hair correlates with female)
     "genderbias": [1, 2],  # group = 2 * male_dominated + gender: women in male-dominated jobs and vice versa
+    "counteranimal": [1],  # group = background: 0 common, 1 counter (the bias-conflicting backgrounds)
 }
 
 

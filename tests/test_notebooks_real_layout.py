@@ -120,3 +120,27 @@ def test_heads_from_another_run_are_reused(tmp_path):
     assert run.metrics["02_locate_heads"]["selection"]["spurious"] == ["L3H2", "L3H0"]
     assert run.metrics["02_locate_heads"]["selection"]["reused_from"] == str(heads)
     assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2", "L3H0"]
+
+
+@pytest.mark.notebook
+def test_counteranimal_runs_with_reused_heads(tmp_path):
+    """CounterAnimal as in the paper: spurious heads reused from elsewhere (heads_from), located
+    nowhere here; 1000-way zero-shot over ImageNet class prompts; common -> counter backgrounds."""
+    from ltcutils.locate import HeadSelection
+
+    root = tmp_path / "counteranimal"
+    for cls in ("1 goldfish", "296 ice bear", "100 black swan"):
+        for sub, bg in (("common-water", 1), ("counter-earth", 0)):
+            (root / cls / sub).mkdir(parents=True)
+            for k in range(6):
+                synthetic.render(1000 * len(cls) + 10 * bg + k, background=bg).save(root / cls / sub / f"{k}.jpg")
+    heads = HeadSelection(spurious=[(3, 2)], salient=[(3, 1)], rule="manual", groups="true", split="val",
+                          data={"dataset": "synthetic"}).save(tmp_path / "waterbirds_heads.json")
+    params = {"dataset": "counteranimal", "data_root": str(root), "n_per_group": None, "locate_split": "common",
+              "eval_split": "counter", "heads_from": str(heads), "n_random": 3, "n_boot": 20, "n_check": 2,
+              "n_patch_images": 2, "strengths": [0.0, 1.0]}
+    run = wb.run_workbook(params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
+    failed = [n for n in run.notebooks if n.status != "ok"]
+    assert not failed, failed[0].error
+    assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2"]
+    assert run.metrics["00_explore_benchmark"]["n_images"] == 18
