@@ -15,13 +15,6 @@ from ltcutils.groundtruth import _mean_ablate, effects_from_terms, oracle_table 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    """The tiny open_clip ViT at random weights (seeded)."""
-    torch.manual_seed(0)
-    return ltc.models.load_model("ltc-tiny", pretrained=None)
-
-
 def test_effects_from_terms_by_hand():
     # 4 items, 2 layers x 2 heads, d_embed 3; direction e0 - e1 (margin = x0 - x1)
     y = np.array([0, 0, 1, 1])
@@ -135,14 +128,14 @@ def test_oracle_without_plant_does_not_single_out_the_head():
     assert np.abs(o.background_effect).max() < 0.2
 
 
-def test_oracle_input_errors(tiny_model):
+def test_oracle_input_errors(tiny):
     with pytest.raises(ValueError, match="classifier must be"):
-        oracle_table(tiny_model, [0, 1], torch.zeros(64, 3))
+        oracle_table(tiny, [0, 1], torch.zeros(64, 3))
     with pytest.raises(ValueError, match="at least one"):
-        oracle_table(tiny_model, [], torch.zeros(64, 2))
+        oracle_table(tiny, [], torch.zeros(64, 2))
     landbirds = [s for s in range(40) if syn.item_labels(s)[0] == 0][:3]
     with pytest.raises(ValueError, match="both classes"):
-        oracle_table(tiny_model, landbirds, torch.zeros(64, 2))
+        oracle_table(tiny, landbirds, torch.zeros(64, 2))
 
 
 def test_oracle_on_shipped_model_finds_background_heads():
