@@ -80,23 +80,28 @@ def bench_decompose(model_name: str, batch: int, reps: int, n_capture: int, devi
                                   "--n", str(n), "--out", str(Path(tmp) / f"n{n}"), "--device", device],
                                  capture_output=True, text=True, check=True)
             rss[n] = json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run([sys.executable, "-m", "ltcutils.bench", "_capture", "--model", model_name,
+                              "--n", str(n_capture), "--out", str(Path(tmp) / "sum"), "--device", device,
+                              "--mlps", "sum"], capture_output=True, text=True, check=True)
+        summed = json.loads(out.stdout.strip().splitlines()[-1])
     a, b = rss[n_capture], rss[4 * n_capture]
     res.update({
         "capture_n": n_capture, "peak_rss_mb_n": a["peak_rss_mb"], "peak_rss_mb_4n": b["peak_rss_mb"],
         "rss_ratio_4n_over_n": b["peak_rss_mb"] / a["peak_rss_mb"],
         "bytes_per_image_fp16": b["bytes_per_image"], "mb_per_image_fp16": b["bytes_per_image"] / 1e6,
         "mib_per_image_fp16": b["bytes_per_image"] / 2**20,
+        "mb_per_image_fp16_mlps_summed": summed["bytes_per_image"] / 1e6,
     })
     return res
 
 
-def _capture_child(model_name: str, n: int, out: str, device: str) -> None:
+def _capture_child(model_name: str, n: int, out: str, device: str, mlps: str = "each") -> None:
     from .models import load_model
     from .store import capture
 
     m = load_model(model_name, None, device=device)
     ds = _random_dataset(n, m.hooked.cfg.image_size)
-    st = capture(m, ds, path=out, batch_size=16, shard_size=64, dtype="float16", progress=False)
+    st = capture(m, ds, path=out, batch_size=16, shard_size=64, dtype="float16", mlps=mlps, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_rss_mb": peak, "bytes_per_image": st.nbytes_per_image()}))
 
@@ -166,9 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--n", type=int)
     c.add_argument("--out")
     c.add_argument("--device", default="cpu")
+    c.add_argument("--mlps", default="each")
     a = ap.parse_args(argv)
     if a.cmd == "_capture":
-        _capture_child(a.model, a.n, a.out, a.device)
+        _capture_child(a.model, a.n, a.out, a.device, a.mlps)
         return
     if a.cmd in ("decompose", "all"):
         r = bench_decompose(a.model if a.cmd == "decompose" else "ViT-B-16", getattr(a, "batch", 16),
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(r, indent=1))
         print(f"decompose/plain throughput ratio: median {r['ratio_median']:.3f} (per rep "
               f"{', '.join(f'{x:.3f}' for x in r['ratio_per_rep'])}); peak RSS 4N/N = {r['rss_ratio_4n_over_n']:.3f}; "
-              f"{r['mb_per_image_fp16']:.4f} MB ({r['mib_per_image_fp16']:.4f} MiB) per image stored (fp16)")
+              f"{r['mb_per_image_fp16']:.4f} MB ({r['mib_per_image_fp16']:.4f} MiB) per image stored (fp16); "
+              f"{r['mb_per_image_fp16_mlps_summed']:.4f} MB with the MLP terms summed (mlps='sum')")
     if a.cmd in ("locate", "all"):
         kw = dict(n=5794, n_val=1199, layers=12, heads=12, d_embed=512)
         if a.cmd == "locate":

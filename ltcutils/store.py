@@ -6,7 +6,7 @@ Layout of one store (one model x weights x dataset x split)::
                            normalized, package version, fingerprint, label names
     <dir>/labels.npz       y, spurious, group, ids, [candidates], extra label arrays (no pickle)
     <dir>/heads.npy        [n, layer, head, d_embed]   (dtype: float16 or float32)
-    <dir>/mlps.npy         [n, n_layers + 1, d_embed]  index 0 = embedding term
+    <dir>/mlps.npy         [n, n_layers + 1, d_embed]  index 0 = embedding term ([n, 1, d_embed]: their sum)
     <dir>/rest.npy         [n, d_embed]                only when some layers are not captured
     <dir>/norm.npy         [n] float32                 unedited embedding norm
     <dir>/valid.npy        [n] bool                    False for images skipped as unreadable
@@ -242,6 +242,7 @@ def capture(
     dtype: str = "float16",
     layers: Sequence[int] | None = None,
     normalized: bool = True,
+    mlps: str = "each",
     skip_bad: bool = False,
     rebuild: bool = False,
     progress: bool = True,
@@ -256,6 +257,9 @@ def capture(
         dtype: "float16" (half the disk) or "float32".
         layers: attention layers to keep per head (default all; the others go into ``rest``).
         normalized: divide terms by the embedding norm (terms sum to the unit embedding).
+        mlps: ``"each"`` keeps the embedding term and every MLP term (``[n, layers + 1, d_embed]``);
+            ``"sum"`` keeps only their sum (``[n, 1, d_embed]``), about 8% less disk for ViT-B-16
+            when only the heads are studied.
         skip_bad: an unreadable image is recorded as invalid (``store.valid``) instead of raising.
         rebuild: delete and rebuild a store made from other inputs instead of refusing it.
 
@@ -274,6 +278,8 @@ def capture(
             raise ValueError("give either root (a cache folder) or path (the store's own folder)")
         path = store_dir(root, model, dataset)
     path = Path(path)
+    if mlps not in ("each", "sum"):
+        raise ValueError(f"mlps must be 'each' or 'sum', got {mlps!r}")
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     hooked = model.hooked
@@ -291,6 +297,7 @@ def capture(
         "dtype": dtype,
         "layers": list(keep),
         "normalized": normalized,
+        "mlps": mlps,
         "shard_size": shard_size,
     }
     fp = _fingerprint(spec)
@@ -314,7 +321,7 @@ def capture(
         path.mkdir(parents=True, exist_ok=True)
         np_dtype = np.float16 if dtype == "float16" else np.float32
         _new_array(path / "heads.npy", (n, len(keep), cfg.heads, cfg.d_embed), np_dtype)
-        _new_array(path / "mlps.npy", (n, cfg.layers + 1, cfg.d_embed), np_dtype)
+        _new_array(path / "mlps.npy", (n, cfg.layers + 1 if mlps == "each" else 1, cfg.d_embed), np_dtype)
         has_rest = len(keep) < cfg.layers
         if has_rest:
             _new_array(path / "rest.npy", (n, cfg.d_embed), np_dtype)
@@ -358,7 +365,8 @@ def capture(
             if len(rows):
                 d = decompose(hooked, pixels.to(dev), layers=keep, normalized=normalized)
                 heads_mm[rows] = d.heads.cpu().numpy()
-                mlps_mm[rows] = d.mlps.cpu().numpy()
+                m = d.mlps if mlps == "each" else d.mlps.sum(1, keepdim=True)
+                mlps_mm[rows] = m.cpu().numpy()
                 if rest_mm is not None:
                     rest_mm[rows] = d.rest.cpu().numpy()
                 norm_mm[rows] = d.norm.cpu().numpy()

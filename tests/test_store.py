@@ -115,3 +115,14 @@ def test_object_extras_are_stored_as_text_not_pickled(tiny, tmp_path):
     ds.extra = {"note": np.array(["a", None, "c", 1], dtype=object)}
     st = capture(tiny, ds, tmp_path, progress=False)
     assert st.labels["extra_note"].tolist() == ["a", "None", "c", "1"]
+
+
+def test_summed_mlp_terms_keep_the_identity(tiny, tmp_path):
+    ds = make_fake_dataset(6)
+    each = capture(tiny, ds, path=tmp_path / "each", dtype="float32", progress=False)
+    summed = capture(tiny, ds, path=tmp_path / "sum", dtype="float32", mlps="sum", progress=False)
+    assert summed.terms.mlps.shape == (6, 1, 64)
+    assert torch.allclose(summed.terms.static_t(slice(None)), each.terms.static_t(slice(None)), atol=1e-6)
+    assert summed.nbytes_per_image() < each.nbytes_per_image()
+    with pytest.raises(ValueError, match="mlps must be"):
+        capture(tiny, ds, path=tmp_path / "bad", mlps="some", progress=False)
