@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decompose import _layer_list, head_terms_from_z, head_label
+from .decompose import _layer_list, _recorder, head_terms_from_z, head_label
 from .lens import LogitLens
 from .store import Terms
 
@@ -335,11 +335,7 @@ class DebiasedEncoder:
                                                                     correction.basis.keys),
                                     correction.strength, correction.renormalize)
         store: dict[str, torch.Tensor] = {}
-
-        def grab(key: str, row0: bool):
-            def hook(act, hook):
-                store[key] = act[:, 0] if row0 else act
-            return hook
+        grab = lambda key, cls_only: _recorder(store, key, cls_only)  # noqa: E731
 
         def edit(act, hook):
             norm = act.norm(dim=-1, keepdim=True)

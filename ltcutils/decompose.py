@@ -122,6 +122,13 @@ def head_terms_from_z(
     return _to_joint(model, r, _shares(model)[1], mu, sigma)
 
 
+def _recorder(store: dict, key: str, cls_only: bool):
+    """A forward hook that keeps its activation in ``store[key]`` (only the class-token row if asked)."""
+    def hook(act, hook):
+        store[key] = act[:, 0] if cls_only else act
+    return hook
+
+
 def _layer_list(model: HookedViT, layers: Sequence[int] | None) -> tuple[int, ...]:
     L = model.cfg.layers
     if layers is None:
@@ -155,11 +162,7 @@ def decompose(
     """
     keep = _layer_list(model, layers)
     store: dict[str, torch.Tensor] = {}
-
-    def grab(key: str, row0: bool = True):
-        def hook(act, hook):
-            store[key] = act[:, 0] if row0 else act
-        return hook
+    grab = lambda key, cls_only=True: _recorder(store, key, cls_only)  # noqa: E731
 
     hooks = [("blocks.0.hook_resid_pre", grab("embed")), ("ln_post.hook_mean", grab("mu", False)),
              ("ln_post.hook_scale", grab("sigma", False))]
@@ -220,11 +223,7 @@ def spatial_terms(
             raise ValueError(f"head L{l}H{h} does not exist in a {model.cfg.layers}x{model.cfg.heads} model")
     need = sorted({l for l, _ in heads})
     store: dict[str, torch.Tensor] = {}
-
-    def grab(key: str, row0: bool):
-        def hook(act, hook):
-            store[key] = act[:, :1] if row0 else act
-        return hook
+    grab = lambda key, cls_only: _recorder(store, key, cls_only)  # noqa: E731
 
     hooks = [("ln_post.hook_mean", grab("mu", False)), ("ln_post.hook_scale", grab("sigma", False))]
     for l in need:
@@ -238,7 +237,7 @@ def spatial_terms(
     out = []
     for l, h in heads:
         attn = model.blocks[l].attn
-        q0 = store[f"q{l}"][:, 0, h]  # [batch, d_head]
+        q0 = store[f"q{l}"][:, h]  # [batch, d_head] (class-token query)
         k = store[f"k{l}"][:, :, h]  # [batch, pos, d_head]
         v = store[f"v{l}"][:, :, h]
         alpha = (torch.einsum("bd,bnd->bn", q0, k) / dh**0.5).softmax(-1)
