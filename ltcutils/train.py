@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import metrics
 from .datasets import synthetic as syn
 from .datasets.base import GroupDataset
 
@@ -121,25 +122,20 @@ def group_metrics(pred: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: 
     pred, y, group = (np.asarray(a).reshape(-1) for a in (pred, y, group))
     if not (len(pred) == len(y) == len(group)):
         raise ValueError(f"pred, y and group must have equal length, got {len(pred)}, {len(y)}, {len(group)}")
-    correct = pred == y
-    accs, counts = [], []
-    for g in range(n_groups):
-        m = group == g
-        counts.append(int(m.sum()))
-        accs.append(100.0 * float(correct[m].mean()) if m.any() else float("nan"))
-    a = np.array(accs)
+    table = metrics.group_accuracy(pred, y, group, n_groups=n_groups)  # the shared per-group counting
+    a = table.accuracy.to_numpy(dtype=np.float64)
     ok = ~np.isnan(a)
     out: dict[str, Any] = {
         "group_acc": [round(float(v), 4) for v in a],
         "worst_group": round(float(a[ok].min()), 4) if ok.any() else float("nan"),
         "balanced_avg": round(float(a[ok].mean()), 4) if ok.any() else float("nan"),
-        "acc": round(100.0 * float(correct.mean()), 4) if len(correct) else float("nan"),
-        "n_per_group": counts,
+        "acc": round(100.0 * float((pred == y).mean()), 4) if len(pred) else float("nan"),
+        "n_per_group": [int(c) for c in table.n],
     }
     out["gap"] = round(out["balanced_avg"] - out["worst_group"], 4)
     if train_weights is not None:
-        w = np.asarray(train_weights, dtype=np.float64)[ok]
-        out["train_weighted_avg"] = float((a[ok] * w).sum() / w.sum())
+        out["train_weighted_avg"] = metrics.average_accuracy(pred, y, group, weighting="train", n_groups=n_groups,
+                                                             train_proportions=train_weights)
     return out
 
 
