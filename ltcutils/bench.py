@@ -97,7 +97,7 @@ def bench_decompose(model_name: str, batch: int, reps: int, n_capture: int, devi
 
 def _capture_child(model_name: str, n: int, out: str, device: str, mlps: str = "each") -> None:
     from .models import load_model
-    from .store import capture
+    from .capture import capture
 
     m = load_model(model_name, None, device=device)
     ds = _random_dataset(n, m.hooked.cfg.image_size)

@@ -89,7 +89,7 @@ class Experiment:
     def store(self, name: str, progress: bool = True):
         """The cached decomposition of split ``name`` (captured on first use)."""
         if name not in self._stores:
-            from .store import capture
+            from .capture import capture
 
             self._stores[name] = capture(self.model, self.split(name), self.cache_dir, batch_size=self.batch_size,
                                          layers=self.layers, progress=progress)

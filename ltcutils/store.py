@@ -45,9 +45,10 @@ import torch
 
 from . import __version__
 from .datasets.base import DatasetError, GroupDataset
-from .decompose import decompose, head_label
+from .decompose import head_label
 
-__all__ = ["ActivationStore", "StoreError", "StoreMismatchError", "capture", "store_dir", "Terms", "atomic_write"]
+__all__ = ["ActivationStore", "StoreError", "StoreMismatchError", "StoreWriter", "open_writer", "store_spec",
+           "capture", "store_dir", "Terms", "atomic_write"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -231,75 +232,101 @@ def _new_array(path: Path, shape: tuple[int, ...], dtype) -> None:
     os.replace(tmp, path)
 
 
-def capture(
-    model,
-    dataset: GroupDataset,
-    root: str | os.PathLike | None = None,
-    *,
-    path: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    shard_size: int = 512,
-    dtype: str = "float16",
-    layers: Sequence[int] | None = None,
-    normalized: bool = True,
-    mlps: str = "each",
-    skip_bad: bool = False,
-    rebuild: bool = False,
-    progress: bool = True,
-) -> ActivationStore:
-    """Decompose every image of ``dataset`` and stream the terms to disk; resume if interrupted.
-
-    Args:
-        model: a :class:`~ltcutils.models.LoadedModel`.
-        dataset: the split to capture.
-        root: store root; the store goes to :func:`store_dir` under it (or give ``path``).
-        batch_size: images per forward pass. shard_size: images per resumable unit.
-        dtype: "float16" (half the disk) or "float32".
-        layers: attention layers to keep per head (default all; the others go into ``rest``).
-        normalized: divide terms by the embedding norm (terms sum to the unit embedding).
-        mlps: ``"each"`` keeps the embedding term and every MLP term (``[n, layers + 1, d_embed]``);
-            ``"sum"`` keeps only their sum (``[n, 1, d_embed]``), about 8% less disk for ViT-B-16
-            when only the heads are studied.
-        skip_bad: an unreadable image is recorded as invalid (``store.valid``) instead of raising.
-        rebuild: delete and rebuild a store made from other inputs instead of refusing it.
-
-    The model runs on its own device (``load_model(..., device=...)``); results move to the CPU
-    batch by batch.
-
-    Returns:
-        the completed :class:`ActivationStore`.
-
-    Raises:
-        StoreMismatchError: a store at the path was made from another model / data / settings.
-        DatasetError: an image cannot be read (and ``skip_bad`` is False). Finished shards stay.
-    """
-    if path is None:
-        if root is None:
-            raise ValueError("give either root (a cache folder) or path (the store's own folder)")
-        path = store_dir(root, model, dataset)
-    path = Path(path)
-    if mlps not in ("each", "sum"):
-        raise ValueError(f"mlps must be 'each' or 'sum', got {mlps!r}")
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
-    hooked = model.hooked
-    cfg = hooked.cfg
-    from .decompose import _layer_list
-
-    keep = _layer_list(hooked, layers)
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"{dataset.name}/{dataset.split} is empty; nothing to capture")
-    spec = {
+def store_spec(model, dataset: GroupDataset, *, dtype: str, layers: Sequence[int], normalized: bool, mlps: str,
+               shard_size: int) -> dict:
+    """What a store is made from; its hash is the store's fingerprint."""
+    return {
         "format": FORMAT_VERSION,
         "model": model.describe(),
-        "dataset": {"name": dataset.name, "split": dataset.split, "fingerprint": dataset.fingerprint(), "n": n},
+        "dataset": {"name": dataset.name, "split": dataset.split, "fingerprint": dataset.fingerprint(),
+                    "n": len(dataset)},
         "dtype": dtype,
-        "layers": list(keep),
+        "layers": list(layers),
         "normalized": normalized,
         "mlps": mlps,
         "shard_size": shard_size,
     }
+
+
+class StoreWriter:
+    """A store being filled shard by shard (arrays memory-mapped read-write).
+
+    Made by :func:`open_writer`; the filling loop lives in :mod:`ltcutils.capture`. Rows of a
+    shard are written with :meth:`write`, then :meth:`commit_shard` flushes them and records the
+    shard as done; a shard that was not committed is redone on the next capture.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.meta: dict = json.loads((path / "meta.json").read_text())
+        self.n = int(self.meta["n"])
+        self.shard_size = int(self.meta["shard_size"])
+        self.n_shards = int(self.meta["n_shards"])
+        self.mlps_mode = self.meta["mlps"]
+        self.layers = tuple(self.meta["layers"])
+        self._heads = np.load(path / "heads.npy", mmap_mode="r+")
+        self._mlps = np.load(path / "mlps.npy", mmap_mode="r+")
+        self._rest = np.load(path / "rest.npy", mmap_mode="r+") if self.meta["has_rest"] else None
+        self._norm = np.load(path / "norm.npy", mmap_mode="r+")
+        self.valid = np.load(path / "valid.npy")
+
+    def shard_rows(self, s: int) -> range:
+        """Row indices of shard ``s``."""
+        return range(s * self.shard_size, min((s + 1) * self.shard_size, self.n))
+
+    def done_shards(self) -> int:
+        """How many leading shards are recorded as written."""
+        return int(_read_progress(self.path)["done"])
+
+    def missing_shards(self) -> list[int]:
+        """Shards still to write, in order."""
+        return list(range(self.done_shards(), self.n_shards))
+
+    def write(self, rows: np.ndarray, d) -> None:
+        """Store the decomposition ``d`` (a :class:`~ltcutils.decompose.Decomposition`) at ``rows``."""
+        self._heads[rows] = d.heads.cpu().numpy()
+        m = d.mlps if self.mlps_mode == "each" else d.mlps.sum(1, keepdim=True)
+        self._mlps[rows] = m.cpu().numpy()
+        if self._rest is not None:
+            self._rest[rows] = d.rest.cpu().numpy()
+        self._norm[rows] = d.norm.cpu().numpy()
+
+    def mark_invalid(self, rows: np.ndarray) -> None:
+        """Record images that could not be read (``store.valid`` is False there)."""
+        self.valid[rows] = False
+
+    def commit_shard(self, s: int) -> None:
+        """Flush the arrays and record shard ``s`` (and every shard before it) as written."""
+        for mm in (self._heads, self._mlps, self._rest, self._norm):
+            if mm is not None:
+                mm.flush()
+        atomic_write(self.path / "valid.npy", _npy_bytes(self.valid))
+        atomic_write(self.path / "progress.json", json.dumps({"done": s + 1}))
+
+    def close(self) -> "ActivationStore":
+        """Release the arrays and open the finished store read-only."""
+        del self._heads, self._mlps, self._rest, self._norm
+        if not self.valid.all():
+            log.warning("%s/%s: %d unreadable images were skipped (store.valid marks them)", self.meta["dataset"],
+                        self.meta["split"], int((~self.valid).sum()))
+        return ActivationStore(self.path)
+
+
+def open_writer(path: str | os.PathLike, model, dataset: GroupDataset, spec: dict, *,
+                rebuild: bool = False) -> "StoreWriter | ActivationStore":
+    """Open the store at ``path`` for filling: allocate it if new, resume it if it matches ``spec``.
+
+    Returns:
+        the finished :class:`ActivationStore` when nothing is left to write, else a
+        :class:`StoreWriter`.
+
+    Raises:
+        StoreMismatchError: a store at ``path`` was made from other inputs (and not ``rebuild``).
+    """
+    path = Path(path)
+    n = len(dataset)
+    if n == 0:
+        raise DatasetError(f"{dataset.name}/{dataset.split} is empty; nothing to capture")
     fp = _fingerprint(spec)
     meta_p = path / "meta.json"
     if meta_p.is_file():
@@ -316,12 +343,15 @@ def capture(
         elif _read_progress(path)["done"] == old["n_shards"]:
             return ActivationStore(path)
 
-    n_shards = (n + shard_size - 1) // shard_size
     if not meta_p.is_file():
+        cfg = model.hooked.cfg
+        shard_size = spec["shard_size"]
+        n_shards = (n + shard_size - 1) // shard_size
+        keep = spec["layers"]
         path.mkdir(parents=True, exist_ok=True)
-        np_dtype = np.float16 if dtype == "float16" else np.float32
+        np_dtype = np.float16 if spec["dtype"] == "float16" else np.float32
         _new_array(path / "heads.npy", (n, len(keep), cfg.heads, cfg.d_embed), np_dtype)
-        _new_array(path / "mlps.npy", (n, cfg.layers + 1 if mlps == "each" else 1, cfg.d_embed), np_dtype)
+        _new_array(path / "mlps.npy", (n, cfg.layers + 1 if spec["mlps"] == "each" else 1, cfg.d_embed), np_dtype)
         has_rest = len(keep) < cfg.layers
         if has_rest:
             _new_array(path / "rest.npy", (n, cfg.d_embed), np_dtype)
@@ -336,52 +366,14 @@ def capture(
             if arr.dtype == object:  # np.savez would pickle it; store text instead
                 arr = arr.astype(str)
             labels[f"extra_{k}"] = arr
-        buf = _npz_bytes(labels)
-        atomic_write(path / "labels.npz", buf)
+        atomic_write(path / "labels.npz", _npz_bytes(labels))
         meta = dict(spec, fingerprint=fp, n=n, n_shards=n_shards, has_rest=has_rest, model=model.describe(),
                     dataset=dataset.name, split=dataset.split, dataset_fingerprint=dataset.fingerprint(),
                     dataset_info=dataset.info, class_names=dataset.class_names,
                     spurious_names=dataset.spurious_names, group_names=dataset.group_names,
                     package_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         atomic_write(meta_p, json.dumps(meta, indent=1, default=str))
-    meta = json.loads(meta_p.read_text())
-
-    start = _read_progress(path)["done"]
-    heads_mm = np.load(path / "heads.npy", mmap_mode="r+")
-    mlps_mm = np.load(path / "mlps.npy", mmap_mode="r+")
-    rest_mm = np.load(path / "rest.npy", mmap_mode="r+") if meta["has_rest"] else None
-    norm_mm = np.load(path / "norm.npy", mmap_mode="r+")
-    valid = np.load(path / "valid.npy")
-    dev = next(hooked.parameters()).device
-    bar = _progress(total=n, initial=min(start * shard_size, n), desc=f"capture {dataset.name}/{dataset.split}",
-                    enabled=progress)
-    for s in range(start, n_shards):
-        lo, hi = s * shard_size, min((s + 1) * shard_size, n)
-        for b in range(lo, hi, batch_size):
-            idx = list(range(b, min(b + batch_size, hi)))
-            pixels, ok = _load_batch(model, dataset, idx, skip_bad)
-            rows = np.asarray(idx)[ok]
-            valid[np.asarray(idx)[~ok]] = False
-            if len(rows):
-                d = decompose(hooked, pixels.to(dev), layers=keep, normalized=normalized)
-                heads_mm[rows] = d.heads.cpu().numpy()
-                m = d.mlps if mlps == "each" else d.mlps.sum(1, keepdim=True)
-                mlps_mm[rows] = m.cpu().numpy()
-                if rest_mm is not None:
-                    rest_mm[rows] = d.rest.cpu().numpy()
-                norm_mm[rows] = d.norm.cpu().numpy()
-            bar.update(len(idx))
-        for mm in (heads_mm, mlps_mm, rest_mm, norm_mm):
-            if mm is not None:
-                mm.flush()
-        atomic_write(path / "valid.npy", _npy_bytes(valid))
-        atomic_write(path / "progress.json", json.dumps({"done": s + 1}))
-    bar.close()
-    del heads_mm, mlps_mm, rest_mm, norm_mm
-    if not valid.all():
-        log.warning("%s/%s: %d unreadable images were skipped (store.valid marks them)", dataset.name,
-                    dataset.split, int((~valid).sum()))
-    return ActivationStore(path)
+    return StoreWriter(path)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -400,25 +392,8 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return b.getvalue()
 
 
-def _load_batch(model, dataset: GroupDataset, idx: list[int], skip_bad: bool) -> tuple[torch.Tensor, np.ndarray]:
-    ims, ok = [], np.ones(len(idx), dtype=bool)
-    for j, i in enumerate(idx):
-        try:
-            ims.append(model.preprocess(dataset.image(i)))
-        except (OSError, ValueError, DatasetError) as exc:
-            if not skip_bad:
-                raise DatasetError(
-                    f"{dataset.name}/{dataset.split}: cannot read image {i} ({dataset.ids[i]}): {exc}. "
-                    "Finished shards are kept; fix or remove the file and re-run, or pass skip_bad=True."
-                ) from exc
-            ok[j] = False
-    if not ims:
-        size = model.hooked.cfg.image_size
-        return torch.zeros(0, 3, size, size), ok
-    return torch.stack(ims), ok
+def capture(*args, **kwargs) -> "ActivationStore":
+    """Same as :func:`ltcutils.capture.capture` (kept here because a store is what it makes)."""
+    from .capture import capture as _capture
 
-
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="img")
+    return _capture(*args, **kwargs)
