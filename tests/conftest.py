@@ -42,3 +42,50 @@ def make_fake_dataset(n: int = 24, size: int = 64, seed: int = 0, name: str = "f
 @pytest.fixture
 def fake_dataset():
     return make_fake_dataset()
+
+
+def _chrome_driver(download_dir=None):
+    """A headless Debian Chromium driven by selenium (flags that suit a machine with no network)."""
+    import shutil
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        msg = "Debian chromium + chromium-driver are not installed (scripts/browser.sh installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='ltc-chrome-')}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.fixture
+def chrome():
+    """A fresh headless Chromium (selenium WebDriver); closed after the test.
+
+    Fails in CI (``CI`` set) when the browser is missing; skips elsewhere, naming the install script.
+    """
+    drv = _chrome_driver()
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+@pytest.fixture
+def artifacts_dir(tmp_path):
+    """Where a test keeps files worth looking at (screenshots): ``$LTC_ARTIFACTS`` or its tmp dir."""
+    from pathlib import Path
+
+    d = Path(os.environ.get("LTC_ARTIFACTS") or tmp_path / "artifacts")
+    d.mkdir(parents=True, exist_ok=True)
+    return d

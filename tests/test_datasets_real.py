@@ -443,7 +443,6 @@ def test_registry_dispatch_and_errors(wb_root, ce_root, ca_root, gb_root, ff_roo
 
 
 def test_registry_synthetic():
-    pytest.importorskip("ltcutils.datasets.synthetic")
     ds = load_dataset("synthetic", "test", n_per_group=2, seed=0)
     assert isinstance(ds, GroupDataset) and len(ds) == 8 and ds.name == "synthetic"
     with pytest.raises(DatasetError, match="takes no root"):
@@ -545,7 +544,7 @@ def test_decomposition_identity_on_each_dataset(tiny_model, all_datasets):
 
 
 def test_capture_into_store(tiny_model, all_datasets, tmp_path):
-    store_mod = pytest.importorskip("ltcutils.store")
+    from ltcutils import store as store_mod
     from ltcutils.decompose import decompose
 
     for ds in all_datasets:
@@ -565,7 +564,7 @@ def test_capture_into_store(tiny_model, all_datasets, tmp_path):
 
 
 def test_capture_skips_unreadable_image(tiny_model, wb_root, tmp_path):
-    store_mod = pytest.importorskip("ltcutils.store")
+    from ltcutils import store as store_mod
     (wb_root / F.WATERBIRDS_ROWS[11][0]).write_bytes(b"garbage")
     ds = waterbirds.load_waterbirds("test", wb_root)
     with pytest.raises(DatasetError, match="Black_Footed_Albatross_0005_15.jpg"):
