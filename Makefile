@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Both create/refresh .venv first (a no-op when current).
-.PHONY: workbook test lab env bench
+.PHONY: workbook test test-fast browser lab env bench
 
 env:
 	@./scripts/env.sh
@@ -8,9 +8,17 @@ env:
 workbook: env
 	HF_HUB_OFFLINE=1 .venv/bin/ltc run --out runs/default
 
-# The test suite (what CI runs).
-test: env
+# The test suite (what CI runs): unit tests, notebook runs, the browser tests.
+test: env browser
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q
+
+# The fast tier: everything but notebook runs, browser tests and opt-in slow tests.
+test-fast: env
+	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not notebook and not browser and not slow"
+
+# Debian's chromium + chromium-driver for the browser tests (apt; a no-op when present).
+browser:
+	@./scripts/browser.sh
 
 # Interactive: open the notebooks in JupyterLab.
 # (--allow-root only when run as root, which Jupyter otherwise refuses)
