@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .hooked import HookedViT
+from .resources import data_dir
 
 __all__ = [
     "LoadedModel",
@@ -39,7 +40,7 @@ __all__ = [
 
 TINY_MODEL = "ltc-tiny"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
-_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+_DATA_DIR = data_dir()
 #: The tiny CLIP trained by the project on the synthetic benchmark (see data/MODEL_CARD.md).
 DEFAULT_CHECKPOINT = _DATA_DIR / "ltc-tiny-synthetic.safetensors"
 

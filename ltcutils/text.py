@@ -36,10 +36,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from .resources import data_path
+
 __all__ = ["PromptBank", "load_prompt_bank", "PROMPT_DIR", "zero_shot_classifier", "embed_prompts",
            "pair_directions"]
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
+PROMPT_DIR = data_path("prompts")
 
 Pair = tuple[str, str]
 

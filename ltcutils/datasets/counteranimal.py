@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..resources import data_path
 from .base import DatasetError, GroupDataset
 from .registry import build, check_split, dataset_root, list_images, list_subdirs
 
@@ -38,7 +39,7 @@ __all__ = ["load_counteranimal", "imagenet_class_names", "IMAGENET_CLASSES_FILE"
 
 SPLITS = ("common", "counter", "all")
 SPURIOUS_NAMES = ["common", "counter"]
-IMAGENET_CLASSES_FILE = Path(__file__).resolve().parent.parent.parent / "data" / "imagenet_classes.txt"
+IMAGENET_CLASSES_FILE = data_path("imagenet_classes.txt")
 _CLASS_DIR = re.compile(r"^(\d+)[ _](.+)$")
 
 SOURCE = "https://counteranimal.github.io/ (CounterAnimal, Wang et al., NeurIPS 2024)"

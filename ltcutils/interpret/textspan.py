@@ -10,12 +10,13 @@ import pandas as pd
 import torch
 
 from ..decompose import head_label
+from ..resources import data_path
 
 Head = tuple[int, int]
 
 
 #: where the shipped text pools live (``general.txt``, ``synthetic.txt``)
-TEXT_POOL_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "text_pools"
+TEXT_POOL_DIR = data_path("text_pools")
 
 
 def list_text_pools() -> list[str]:

@@ -11,11 +11,16 @@ from .base import NOTEBOOK_FILE, WorkbookError
 
 
 def default_notebooks_dir() -> Path:
-    """``./notebooks`` when it exists, else the ``notebooks/`` folder next to the package."""
+    """``./notebooks`` when it exists, else the notebooks shipped with the package."""
+    from ..resources import notebooks_dir
+
     here = Path.cwd() / "notebooks"
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[1] / "notebooks"
+    shipped = notebooks_dir()
+    if shipped is None:
+        raise WorkbookError("no notebooks/ folder here and none shipped with the package; pass --notebooks-dir")
+    return shipped
 
 
 def list_notebooks(directory: str | os.PathLike) -> list[Path]:
