@@ -26,6 +26,16 @@ class DatasetError(ValueError):
     """A dataset root, metadata file, split or image is missing or malformed."""
 
 
+class _SubsetLoader:
+    """``i -> parent(index[i])``; a class, not a closure, so a subset pickles into DataLoader workers."""
+
+    def __init__(self, parent: Callable[[int], Image.Image], index: np.ndarray):
+        self.parent, self.index = parent, index
+
+    def __call__(self, i: int) -> Image.Image:
+        return self.parent(int(self.index[int(i)]))
+
+
 @dataclass
 class GroupDataset:
     """One split of a group-labelled image dataset.
@@ -84,10 +94,10 @@ class GroupDataset:
     def subset(self, index: Sequence[int] | np.ndarray) -> "GroupDataset":
         """A new dataset holding the items at ``index`` (same loader, same labels)."""
         idx = np.asarray(index, dtype=np.int64)
-        parent = self.load_image
+        parent = _SubsetLoader(self.load_image, idx)
         return GroupDataset(
             self.name, self.split, self.class_names, self.spurious_names, self.y[idx], self.spurious[idx],
-            self.group[idx], self.group_names, lambda i: parent(int(idx[i])), [self.ids[i] for i in idx],
+            self.group[idx], self.group_names, parent, [self.ids[i] for i in idx],
             None if self.candidates is None else self.candidates[idx],
             {k: v[idx] for k, v in self.extra.items()}, dict(self.info, subset=len(idx)),
         )
