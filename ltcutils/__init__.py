@@ -11,9 +11,9 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "models", "hooked", "decompose", "store", "datasets", "text", "locate", "correct", "baselines",
+    "models", "hooked", "activations", "decompose", "store", "datasets", "text", "locate", "correct", "baselines",
     "metrics", "interpret", "plots", "workbook", "train", "groundtruth", "bench", "lens", "evaluate", "experiment",
-    "capture",
+    "capture", "store_writer", "io",
 }
 
 

@@ -1,27 +1,34 @@
 """A streaming, resumable, memory-mapped store of per-image decompositions.
 
-Layout of one store (one model x weights x dataset x split)::
+Layout of one store (one model x weights x dataset x split), format 2::
 
-    <dir>/meta.json        model, weights fingerprint, dataset, split, count, dtype, layers,
-                           normalized, package version, fingerprint, label names
+    <dir>/meta.json        what the store was made from (``spec``) and its fingerprint, a random
+                           ``store_id`` of this allocation, count, shard size, array shapes, label
+                           names, package version, and a checksum over all of it
     <dir>/labels.npz       y, spurious, group, ids, [candidates], extra label arrays (no pickle)
     <dir>/heads.npy        [n, layer, head, d_embed]   (dtype: float16 or float32)
-    <dir>/mlps.npy         [n, n_layers + 1, d_embed]  index 0 = embedding term ([n, 1, d_embed]: their sum)
+    <dir>/embed.npy        [n, d_embed]                the embedding term (class token after ln_pre)
+    <dir>/mlps.npy         [n, n_layers, d_embed]      one term per MLP ([n, 1, d_embed]: their sum)
     <dir>/rest.npy         [n, d_embed]                only when some layers are not captured
     <dir>/norm.npy         [n] float32                 unedited embedding norm
     <dir>/valid.npy        [n] bool                    False for images skipped as unreadable
-    <dir>/progress.json    shards completed (written atomically after each shard is flushed)
+    <dir>/shards/NNNNNN.json  one record per written shard: store_id, fingerprint, rows
 
-The arrays are pre-allocated ``.npy`` files (created under a temporary name, then renamed) and
-filled shard by shard; a shard counts as written only once ``progress.json`` says so, and that
-file is replaced atomically after the shard's rows are flushed. A killed capture therefore
-never leaves a half-written shard marked valid: re-running ``capture`` with the same arguments
-resumes at the first unfinished shard. A store whose fingerprint does not match the requested
-model / data / settings is refused (or rebuilt with ``rebuild=True``). Nothing is pickled.
+The arrays are allocated first (space reserved, the free space checked before), then
+``labels.npz``, then ``meta.json`` last: a folder without ``meta.json`` is an unfinished
+allocation and is rebuilt. Shards are filled in any order, by one process or several writing
+disjoint rows of the same memory-mapped arrays; a shard counts as written only once its own
+record exists, and that record is written atomically after the shard's rows (and valid flags)
+are flushed and names the allocation's ``store_id``. A killed capture therefore never leaves a
+half-written shard counted, a record can never vouch for another allocation's zeros, and a
+re-run computes only the missing shards. ``meta.json`` is checked on every open (checksum,
+fingerprint, array shapes): an edited or damaged store is refused with the path and the fix.
+A store made from other inputs is refused naming the fields that differ (or rebuilt with
+``rebuild=True``). Nothing is pickled.
 
 Example::
 
-    >>> store = ltc.store.capture(model, dataset, "cache")            # doctest: +SKIP
+    >>> store = ltc.capture.capture(model, dataset, "cache")          # doctest: +SKIP
     >>> store.heads.shape, store.heads.dtype                          # doctest: +SKIP
     ((2000, 4, 4, 64), dtype('float16'))
 """
@@ -30,12 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
-import shutil
-import tempfile
-import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -43,39 +47,25 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .datasets.base import DatasetError, GroupDataset
+from .datasets.base import GroupDataset
 from .decompose import head_label
+from .io import atomic_write
 
 __all__ = ["ActivationStore", "StoreError", "StoreMismatchError", "StoreWriter", "open_writer", "store_spec",
-           "capture", "store_dir", "Terms", "atomic_write"]
+           "capture", "store_dir", "Terms", "atomic_write", "FORMAT_VERSION"]
 
-log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SHARDS = "shards"
+_ARRAYS = ("heads", "embed", "mlps", "rest", "norm", "valid")
+_FIX = "capture again with rebuild=True (in a notebook: the rebuild parameter) or delete the folder"
 
 
 class StoreError(RuntimeError):
-    """A store is missing, incomplete or unreadable."""
+    """A store is missing, incomplete, damaged or unreadable."""
 
 
 class StoreMismatchError(StoreError):
     """A store exists at the path but was made from other inputs."""
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file so that readers see either the old or the new content, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(s: str) -> str:
@@ -85,10 +75,13 @@ def _slug(s: str) -> str:
 def store_dir(root: str | os.PathLike, model, dataset: GroupDataset) -> Path:
     """Default location ``root/<model>/<weights>/<dataset>/<split>-<data fingerprint>`` of a store.
 
-    The data fingerprint in the name keeps differently sized or subsampled splits apart; a
-    store at this path made with other settings (dtype, layers) is refused by :func:`capture`.
+    The weights part comes from the weights' content (a file's SHA-256, a tag, or the hash of
+    random weights), so a copy of a checkpoint finds the same store. The data fingerprint in
+    the name keeps differently sized or subsampled splits apart; a store at this path made
+    with other settings (dtype, layers) is refused by :func:`~ltcutils.capture.capture`.
     """
-    weights = model.fingerprint.split(":")[-1][:16] if model.fingerprint != "random" else "random"
+    kind, _, digest = model.fingerprint.rpartition(":")
+    weights = f"{kind.split(':')[0]}-{digest[:12]}" if kind.startswith("random") else digest[:16]
     leaf = f"{_slug(dataset.split)}-{dataset.fingerprint()[:8]}"
     return Path(root) / _slug(model.name) / _slug(weights) / _slug(dataset.name) / leaf
 
@@ -103,9 +96,11 @@ class Terms:
     """Decomposition terms of a set of images, as arrays (memory-mapped or in RAM).
 
     Attributes:
-        heads: ``[n, layer, head, d_embed]``; mlps ``[n, n_layers + 1, d_embed]``;
-        rest: ``[n, d_embed]`` or None (all layers captured); norm: ``[n]``.
-        layers: captured layer indices; normalized: terms divided by the embedding norm.
+        heads: ``[n, layer, head, d_embed]``; mlps ``[n, n_layers, d_embed]`` (``[n, 1, d_embed]``
+        when stored summed); rest: ``[n, d_embed]`` or None (all layers captured); norm: ``[n]``;
+        embed: ``[n, d_embed]`` the embedding term (None only for hand-built Terms that keep it
+        inside ``mlps``). layers: captured layer indices; normalized: terms divided by the
+        embedding norm.
     """
 
     heads: Any
@@ -114,6 +109,7 @@ class Terms:
     norm: Any
     layers: tuple[int, ...]
     normalized: bool
+    embed: Any = None
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -141,8 +137,10 @@ class Terms:
         return _as_float_tensor(self.heads[sl], device)
 
     def static_t(self, sl: slice | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Sum of the non-head terms (MLPs, embedding, rest) ``[rows, d_embed]`` as float32 torch."""
+        """Sum of the non-head terms (embedding, MLPs, rest) ``[rows, d_embed]`` as float32 torch."""
         s = _as_float_tensor(self.mlps[sl], device).sum(1)
+        if self.embed is not None:
+            s = s + _as_float_tensor(self.embed[sl], device)
         if self.rest is not None:
             s = s + _as_float_tensor(self.rest[sl], device)
         return s
@@ -152,33 +150,164 @@ class Terms:
         idx = np.asarray(index)
         f = lambda a: None if a is None else np.asarray(a[idx], dtype=np.float32)  # noqa: E731
         return Terms(f(self.heads), f(self.mlps), f(self.rest), np.asarray(self.norm[idx]), self.layers,
-                     self.normalized)
+                     self.normalized, f(self.embed))
+
+
+# ------------------------------------------------------------------ meta: checksum, checks
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _fingerprint(spec: dict) -> str:
+    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
+
+
+def _checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(_canonical(json.loads(_canonical(body))).encode()).hexdigest()[:16]
+
+
+def _damaged(path: Path, what: str) -> StoreError:
+    what = " ".join(str(what).split())  # one line, whatever the underlying library wrote
+    return StoreError(f"the store at {path} is damaged: {what}; {_FIX}")
+
+
+def _read_meta(path: Path) -> dict:
+    """``meta.json`` parsed; raises StoreError when missing or not JSON."""
+    p = path / "meta.json"
+    if not p.is_file():
+        raise StoreError(f"no activation store at {path} (meta.json missing); create it with ltc.capture.capture")
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(path, f"meta.json is not readable JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise _damaged(path, "meta.json does not hold a JSON object")
+    return meta
+
+
+def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
+    vit = meta["spec"]["model"]["vit"]
+    n, d = int(meta["n"]), int(vit["d_embed"])
+    shapes = {"heads": (n, len(meta["layers"]), int(vit["n_heads"]), d), "embed": (n, d),
+              "mlps": (n, int(vit["n_layers"]) if meta["mlps"] == "each" else 1, d), "norm": (n,), "valid": (n,)}
+    if meta["has_rest"]:
+        shapes["rest"] = (n, d)
+    return shapes
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    """Refuse a meta.json of another format, edited by hand, or inconsistent with itself."""
+    if meta.get("format") != FORMAT_VERSION:
+        raise StoreMismatchError(
+            f"the store at {path} is in store format {meta.get('format', 1)}; this version of ltcutils reads "
+            f"format {FORMAT_VERSION}; {_FIX}")
+    need = ("spec", "fingerprint", "store_id", "n", "n_shards", "shard_size", "layers", "normalized", "dtype",
+            "mlps", "has_rest", "checksum")
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise _damaged(path, f"meta.json lacks {missing}")
+    if meta["checksum"] != _checksum(meta):
+        raise _damaged(path, "meta.json was edited or is corrupt (its checksum does not match its content), so "
+                             "its shapes and labels cannot be trusted")
+    spec = meta["spec"]
+    if meta["fingerprint"] != _fingerprint(spec):
+        raise _damaged(path, "meta.json does not match its own fingerprint")
+    for key in ("layers", "normalized", "dtype", "mlps", "shard_size"):
+        if meta[key] != spec.get(key):
+            raise _damaged(path, f"meta.json field {key!r} = {meta[key]!r} does not match the spec ({spec.get(key)!r})")
+    n, size = int(meta["n"]), int(meta["shard_size"])
+    if n != spec["dataset"]["n"] or size < 1 or int(meta["n_shards"]) != (n + size - 1) // size:
+        raise _damaged(path, f"meta.json counts (n={n}, n_shards={meta['n_shards']}) do not match the spec")
+
+
+def _open_array(path: Path, name: str, shape: tuple[int, ...], mode: str = "r") -> np.memmap:
+    """``<name>.npy`` memory-mapped, its shape checked against ``meta.json``."""
+    try:
+        arr = np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _damaged(path, f"{name}.npy cannot be opened ({type(exc).__name__}: {exc})") from exc
+    if arr.shape != shape:
+        raise _damaged(path, f"{name}.npy has shape {arr.shape} but meta.json describes {shape}")
+    return arr
+
+
+def _read_labels(path: Path, meta: dict) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path / "labels.npz", allow_pickle=False) as z:
+            labels = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise _damaged(path, f"labels.npz cannot be read ({type(exc).__name__}: {exc})") from exc
+    n = int(meta["n"])
+    for key in ("y", "spurious", "group", "ids"):
+        if key not in labels or len(labels[key]) != n:
+            raise _damaged(path, f"labels.npz: {key!r} is missing or does not have {n} rows")
+    for key, names in (("y", "class_names"), ("group", "group_names")):
+        if names in meta and len(labels[key]) and int(labels[key].max()) >= len(meta[names]):
+            raise _damaged(path, f"labels.npz: {key} reaches {int(labels[key].max())} but meta.json names "
+                                 f"{len(meta[names])} {names}")
+    return labels
+
+
+# ------------------------------------------------------------------ shard records
+def _shard_file(path: Path, s: int) -> Path:
+    return path / SHARDS / f"{s:06d}.json"
+
+
+def _done_shards(path: Path, meta: dict) -> set[int]:
+    """Shards whose record names this allocation (``store_id``) and fingerprint.
+
+    Records of another allocation (a folder rebuilt, files copied in) are ignored; a record of
+    this allocation that is unreadable or out of range means the store is damaged.
+    """
+    folder = path / SHARDS
+    if not folder.is_dir():
+        return set()
+    done: set[int] = set()
+    for p in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+            owner = (rec["store_id"], rec["fingerprint"])
+            s, rows = int(rec["shard"]), [int(r) for r in rec["rows"]]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise _damaged(path, f"shard record {SHARDS}/{p.name} is unreadable ({type(exc).__name__}: {exc})") \
+                from exc
+        if owner != (meta["store_id"], meta["fingerprint"]):
+            continue
+        start, stop = s * int(meta["shard_size"]), min((s + 1) * int(meta["shard_size"]), int(meta["n"]))
+        if not 0 <= s < int(meta["n_shards"]) or p.name != _shard_file(path, s).name or rows != [start, stop]:
+            raise _damaged(path, f"shard record {SHARDS}/{p.name} claims shard {s} rows {rows}, but the store has "
+                                 f"{meta['n_shards']} shards of {meta['shard_size']}")
+        done.add(s)
+    return done
 
 
 class ActivationStore:
-    """A completed store opened read-only; arrays are ``np.memmap`` (nothing loaded up front)."""
+    """A completed store opened read-only; arrays are ``np.memmap`` (nothing loaded up front).
+
+    Raises:
+        StoreError: no store, an incomplete one (unless ``allow_partial``), or a damaged or
+            edited one (the message names the file and the fix).
+    """
 
     def __init__(self, path: str | os.PathLike, allow_partial: bool = False):
         self.path = Path(path)
-        meta_p = self.path / "meta.json"
-        if not meta_p.is_file():
-            raise StoreError(f"no activation store at {self.path} (meta.json missing); create it with ltc.store.capture")
-        self.meta: dict = json.loads(meta_p.read_text())
-        prog = _read_progress(self.path)
-        self.complete = prog["done"] == self.meta["n_shards"]
+        self.meta: dict = _read_meta(self.path)
+        _check_meta(self.path, self.meta)
+        done = _done_shards(self.path, self.meta)
+        n_shards = int(self.meta["n_shards"])
+        self.complete = len(done) == n_shards
         if not self.complete and not allow_partial:
             raise StoreError(
-                f"store {self.path} is incomplete ({prog['done']}/{self.meta['n_shards']} shards); "
-                "re-run ltc.store.capture with the same arguments to resume it"
+                f"store {self.path} is incomplete ({n_shards - len(done)} of {n_shards} shards missing); "
+                "re-run ltc.capture.capture with the same arguments to resume it"
             )
-        with np.load(self.path / "labels.npz", allow_pickle=False) as z:
-            self.labels: dict[str, np.ndarray] = {k: z[k] for k in z.files}
-        mm = lambda name: np.load(self.path / f"{name}.npy", mmap_mode="r")  # noqa: E731
-        self.terms = Terms(
-            mm("heads"), mm("mlps"), mm("rest") if self.meta["has_rest"] else None, mm("norm"),
-            tuple(self.meta["layers"]), bool(self.meta["normalized"]),
-        )
-        self.valid: np.ndarray = np.load(self.path / "valid.npy")
+        self.labels: dict[str, np.ndarray] = _read_labels(self.path, self.meta)
+        shapes = _expected_shapes(self.meta)
+        arrays = {k: _open_array(self.path, k, shape) for k, shape in shapes.items()}
+        self.terms = Terms(arrays["heads"], arrays["mlps"], arrays.get("rest"), arrays["norm"],
+                           tuple(self.meta["layers"]), bool(self.meta["normalized"]), arrays["embed"])
+        self.valid: np.ndarray = np.array(arrays["valid"])
 
     def __len__(self) -> int:
         return int(self.meta["n"])
@@ -214,30 +343,17 @@ class ActivationStore:
         return total / max(len(self), 1)
 
 
-def _read_progress(path: Path) -> dict:
-    p = path / "progress.json"
-    if not p.is_file():
-        return {"done": 0}
-    return json.loads(p.read_text())
-
-
-def _fingerprint(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _new_array(path: Path, shape: tuple[int, ...], dtype) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-    del arr
-    os.replace(tmp, path)
-
-
 def store_spec(model, dataset: GroupDataset, *, dtype: str, layers: Sequence[int], normalized: bool, mlps: str,
                shard_size: int) -> dict:
-    """What a store is made from; its hash is the store's fingerprint."""
+    """What a store is made from; its hash is the store's fingerprint.
+
+    The model enters by its weights' fingerprint (content, not file path: a copy of a
+    checkpoint, or another clone of the project, reuses the store) and its architecture.
+    """
+    described = model.describe()
     return {
         "format": FORMAT_VERSION,
-        "model": model.describe(),
+        "model": {k: v for k, v in described.items() if k != "pretrained"},
         "dataset": {"name": dataset.name, "split": dataset.split, "fingerprint": dataset.fingerprint(),
                     "n": len(dataset)},
         "dtype": dtype,
@@ -248,152 +364,17 @@ def store_spec(model, dataset: GroupDataset, *, dtype: str, layers: Sequence[int
     }
 
 
-class StoreWriter:
-    """A store being filled shard by shard (arrays memory-mapped read-write).
-
-    Made by :func:`open_writer`; the filling loop lives in :mod:`ltcutils.capture`. Rows of a
-    shard are written with :meth:`write`, then :meth:`commit_shard` flushes them and records the
-    shard as done; a shard that was not committed is redone on the next capture.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.meta: dict = json.loads((path / "meta.json").read_text())
-        self.n = int(self.meta["n"])
-        self.shard_size = int(self.meta["shard_size"])
-        self.n_shards = int(self.meta["n_shards"])
-        self.mlps_mode = self.meta["mlps"]
-        self.layers = tuple(self.meta["layers"])
-        self._heads = np.load(path / "heads.npy", mmap_mode="r+")
-        self._mlps = np.load(path / "mlps.npy", mmap_mode="r+")
-        self._rest = np.load(path / "rest.npy", mmap_mode="r+") if self.meta["has_rest"] else None
-        self._norm = np.load(path / "norm.npy", mmap_mode="r+")
-        self.valid = np.load(path / "valid.npy")
-
-    def shard_rows(self, s: int) -> range:
-        """Row indices of shard ``s``."""
-        return range(s * self.shard_size, min((s + 1) * self.shard_size, self.n))
-
-    def done_shards(self) -> int:
-        """How many leading shards are recorded as written."""
-        return int(_read_progress(self.path)["done"])
-
-    def missing_shards(self) -> list[int]:
-        """Shards still to write, in order."""
-        return list(range(self.done_shards(), self.n_shards))
-
-    def write(self, rows: np.ndarray, d) -> None:
-        """Store the decomposition ``d`` (a :class:`~ltcutils.decompose.Decomposition`) at ``rows``."""
-        self._heads[rows] = d.heads.cpu().numpy()
-        m = d.mlps if self.mlps_mode == "each" else d.mlps.sum(1, keepdim=True)
-        self._mlps[rows] = m.cpu().numpy()
-        if self._rest is not None:
-            self._rest[rows] = d.rest.cpu().numpy()
-        self._norm[rows] = d.norm.cpu().numpy()
-
-    def mark_invalid(self, rows: np.ndarray) -> None:
-        """Record images that could not be read (``store.valid`` is False there)."""
-        self.valid[rows] = False
-
-    def commit_shard(self, s: int) -> None:
-        """Flush the arrays and record shard ``s`` (and every shard before it) as written."""
-        for mm in (self._heads, self._mlps, self._rest, self._norm):
-            if mm is not None:
-                mm.flush()
-        atomic_write(self.path / "valid.npy", _npy_bytes(self.valid))
-        atomic_write(self.path / "progress.json", json.dumps({"done": s + 1}))
-
-    def close(self) -> "ActivationStore":
-        """Release the arrays and open the finished store read-only."""
-        del self._heads, self._mlps, self._rest, self._norm
-        if not self.valid.all():
-            log.warning("%s/%s: %d unreadable images were skipped (store.valid marks them)", self.meta["dataset"],
-                        self.meta["split"], int((~self.valid).sum()))
-        return ActivationStore(self.path)
-
-
-def open_writer(path: str | os.PathLike, model, dataset: GroupDataset, spec: dict, *,
-                rebuild: bool = False) -> "StoreWriter | ActivationStore":
-    """Open the store at ``path`` for filling: allocate it if new, resume it if it matches ``spec``.
-
-    Returns:
-        the finished :class:`ActivationStore` when nothing is left to write, else a
-        :class:`StoreWriter`.
-
-    Raises:
-        StoreMismatchError: a store at ``path`` was made from other inputs (and not ``rebuild``).
-    """
-    path = Path(path)
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"{dataset.name}/{dataset.split} is empty; nothing to capture")
-    fp = _fingerprint(spec)
-    meta_p = path / "meta.json"
-    if meta_p.is_file():
-        old = json.loads(meta_p.read_text())
-        if old.get("fingerprint") != fp:
-            if not rebuild:
-                raise StoreMismatchError(
-                    f"the store at {path} was made from other inputs (fingerprint {old.get('fingerprint')} != {fp}: "
-                    f"model {old.get('model', {}).get('model')}/{old.get('model', {}).get('weights')}, dataset "
-                    f"{old.get('dataset')}/{old.get('split')} n={old.get('n')}, dtype {old.get('dtype')}, layers "
-                    f"{old.get('layers')}). Use another path, pass rebuild=True to replace it, or delete the folder."
-                )
-            shutil.rmtree(path)
-        elif _read_progress(path)["done"] == old["n_shards"]:
-            return ActivationStore(path)
-
-    if not meta_p.is_file():
-        cfg = model.hooked.cfg
-        shard_size = spec["shard_size"]
-        n_shards = (n + shard_size - 1) // shard_size
-        keep = spec["layers"]
-        path.mkdir(parents=True, exist_ok=True)
-        np_dtype = np.float16 if spec["dtype"] == "float16" else np.float32
-        _new_array(path / "heads.npy", (n, len(keep), cfg.heads, cfg.d_embed), np_dtype)
-        _new_array(path / "mlps.npy", (n, cfg.layers + 1 if spec["mlps"] == "each" else 1, cfg.d_embed), np_dtype)
-        has_rest = len(keep) < cfg.layers
-        if has_rest:
-            _new_array(path / "rest.npy", (n, cfg.d_embed), np_dtype)
-        _new_array(path / "norm.npy", (n,), np.float32)
-        np.save(path / "valid.npy", np.ones(n, dtype=bool))
-        labels = {"y": dataset.y, "spurious": dataset.spurious, "group": dataset.group,
-                  "ids": np.asarray(dataset.ids, dtype=str)}
-        if dataset.candidates is not None:
-            labels["candidates"] = dataset.candidates
-        for k, v in dataset.extra.items():
-            arr = np.asarray(v)
-            if arr.dtype == object:  # np.savez would pickle it; store text instead
-                arr = arr.astype(str)
-            labels[f"extra_{k}"] = arr
-        atomic_write(path / "labels.npz", _npz_bytes(labels))
-        meta = dict(spec, fingerprint=fp, n=n, n_shards=n_shards, has_rest=has_rest, model=model.describe(),
-                    dataset=dataset.name, split=dataset.split, dataset_fingerprint=dataset.fingerprint(),
-                    dataset_info=dataset.info, class_names=dataset.class_names,
-                    spurious_names=dataset.spurious_names, group_names=dataset.group_names,
-                    package_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        atomic_write(meta_p, json.dumps(meta, indent=1, default=str))
-    return StoreWriter(path)
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
-    b = io.BytesIO()
-    np.savez(b, **arrays)
-    return b.getvalue()
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    import io
-
-    b = io.BytesIO()
-    np.save(b, arr)
-    return b.getvalue()
-
-
 def capture(*args, **kwargs) -> "ActivationStore":
     """Same as :func:`ltcutils.capture.capture` (kept here because a store is what it makes)."""
     from .capture import capture as _capture
 
     return _capture(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    """``StoreWriter`` and ``open_writer`` live in :mod:`ltcutils.store_writer` (imported on first use)."""
+    if name in ("StoreWriter", "open_writer"):
+        from . import store_writer
+
+        return getattr(store_writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
