@@ -10,7 +10,11 @@ Commands (``ltc`` is installed with the package; ``python -m ltcutils.workbook``
     ltc run 02                                 # one notebook, by number prefix (or stem, or path)
     ltc run 02 03 -p n_per_group 100 --out runs/small     # parameters from the command line
     ltc run -f my_params.yaml --out runs/b16   # parameters from a YAML file
-    ltc report runs/small runs/b16 --out runs/compare     # -> runs/compare.csv, runs/compare.md
+    ltc report runs/small runs/b16                        # methods x (WG, Avg, Gap) per run, with 95% CIs
+    ltc report runs/small --format latex --metrics wg,avg_group   # also md (default), csv, html
+    ltc report runs/small runs/b16 --all --out runs/compare       # every metric -> runs/compare.csv, .md
+    ltc sweep -f grid.yaml                     # every point of a parameter grid; resumable; mean +- sd over seeds
+    ltc html runs/small runs/b16               # one self-contained HTML page (table, figures, notebooks)
     ltc check runs/small -f tests/ci_params.yaml          # assert on the metrics (its checks:)
     ltc params                                 # the parameters each notebook declares
     ltc lint                                   # notebook hygiene (what tests/test_notebook_hygiene.py checks)
@@ -72,7 +76,7 @@ from .execution import NotebookRun, RunResult, kernel_interpreter, run_workbook
 from .lint import ci_problems, notebook_problems
 from .notebooks import default_notebooks_dir, list_notebooks, notebook_parameters, select_notebooks
 from .parameters import load_params_file, resolve_parameters
-from .report import markdown_table, report
+from .report import PaperTable, markdown_table, paper_report, paper_table, report
 from .results import flatten, metrics_path, read_metrics, write_metrics
 
 __all__ = [
@@ -96,6 +100,9 @@ __all__ = [
     "flatten",
     "report",
     "markdown_table",
+    "paper_table",
+    "paper_report",
+    "PaperTable",
     "parse_check",
     "check_metrics",
     "notebook_problems",

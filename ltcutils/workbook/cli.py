@@ -13,7 +13,7 @@ from .execution import run_workbook
 from .lint import ci_problems, notebook_problems
 from .notebooks import default_notebooks_dir, list_notebooks, notebook_parameters, select_notebooks
 from .parameters import load_params_file
-from .report import markdown_table, report
+from .report import report_command
 from .results import read_metrics
 
 
@@ -33,9 +33,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
 
-    rp = sub.add_parser("report", help="merge the metrics of run folders into one table")
+    rp = sub.add_parser("report", help="the methods table of run folders (one column group per run)")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    rp.add_argument("--out", help="write <OUT>.csv and <OUT>.md (else print Markdown only)")
+    rp.add_argument("--metrics", help="comma-separated metric keys (default wg,avg_sample,gap)")
+    rp.add_argument("--format", default="md", choices=["md", "csv", "html", "latex"], help="output format (default md)")
+    rp.add_argument("--all", action="store_true", help="the flat table: every parameter and metric of every notebook")
+    rp.add_argument("--notebook", default="05_compare_methods", help="notebook whose metrics list the methods")
+    rp.add_argument("--width", type=int, default=120, help="md: widest line; CIs are left out to fit (0: no limit)")
+    rp.add_argument("--out", help="also write <OUT>.<format> and <OUT>.csv (with --all: <OUT>.csv and <OUT>.md)")
+
+    sw = sub.add_parser("sweep", help="run every point of a parameter grid (resumable), then mean ± sd over seeds")
+    sw.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="as for `ltc run` (default: all)")
+    sw.add_argument("-f", "--grid-file", required=True, help="YAML with a grid: section (see ltcutils.workbook.sweep)")
+    sw.add_argument("--out", help="the sweep folder (default: sweep.out, else runs/sweep-<grid file stem>)")
+    sw.add_argument("--metrics", help="comma-separated metric keys for the summary (default wg,avg_sample,gap)")
+    sw.add_argument("--notebooks-dir", help="where the notebooks are (default ./notebooks)")
+    sw.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+    hp = sub.add_parser("html", help="one self-contained HTML page: table, figures, notebooks, parameters, versions")
+    hp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    hp.add_argument("--out", help="the HTML file (default <RUN>/report.html; several runs: next to the first)")
+    hp.add_argument("--notebook", default="05_compare_methods", help="notebook whose metrics list the methods")
+    hp.add_argument("--no-notebooks", action="store_true", help="leave the rendered notebooks out")
 
     c = sub.add_parser("check", help="evaluate the checks: section of a YAML file on a run's metrics")
     c.add_argument("run_dir", metavar="RUN_DIR")
@@ -77,11 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"ltc: error: {next(n.error for n in result.notebooks if n.error)}", file=sys.stderr)
             return 0 if result.ok else 1
         if args.command == "report":
-            df = report(args.run_dirs, out=args.out)
-            print(markdown_table(df))
-            if args.out:
-                stem = Path(args.out).with_suffix("") if Path(args.out).suffix in {".csv", ".md"} else Path(args.out)
-                print(f"\nwrote {stem}.csv and {stem}.md")
+            return report_command(args)
+        if args.command == "sweep":
+            from .sweep import run_sweep
+
+            metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+            sweep = run_sweep(args.grid_file, args.notebooks or None, out=args.out, notebooks_dir=nb_dir,
+                              kernel=args.kernel, progress=not args.quiet, metrics=metrics)
+            return 0 if sweep.ok else 1
+        if args.command == "html":
+            from .html import html_report
+
+            path = html_report(args.run_dirs, out=args.out, notebook=args.notebook, notebooks=not args.no_notebooks)
+            print(f"wrote {path}")
             return 0
         if args.command == "check":
             spec = load_params_file(args.params_file)
