@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import csv  # noqa: E402
 import importlib  # noqa: E402
 import io  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -128,3 +129,65 @@ def test_errors_and_fallback(tmp_path, capsys):
     assert "showing every metric (--all)" in cap.err and "| flat " in cap.out
     assert wb.main(["report", str(a), "--all"]) == 0
     assert "zero_shot.wg_ci_low" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ regression checks (ltc check)
+def test_set_membership_checks_on_fabricated_metrics():
+    m = {"paper_rule": {"spurious": ["L10H10", "L11H3", "L11H6"], "salient": ["L11H5"]}, "rule": "topk", "k": 2}
+    ok = [("paper_rule.spurious", {"contains": ["L10H10", "L11H3"]}),
+          ("paper_rule.salient", {"contains": "L11H5"}),  # a single value is one item
+          ("paper_rule.spurious", {"contains_any": ["L0H0", "L11H6"]}),
+          ("paper_rule.spurious", {"subset_of": ["L10H10", "L11H3", "L11H6", "L11H0"]}),
+          ("paper_rule.salient", {"excludes": ["L10H10", "L11H3"]}),
+          ("rule", {"in": ["topk", "threshold"]}), ("k", {"in": [1, 2, 3]})]
+    for expr, cond in ok:
+        passed, _, msg = wb.parse_check(expr, cond).evaluate(m)
+        assert passed, msg
+    bad = [("paper_rule.spurious", {"contains": ["L10H10", "L11H5"]}, "missing ['L11H5']"),
+           ("paper_rule.spurious", {"contains_any": ["L0H0"]}, "at least one of"),
+           ("paper_rule.spurious", {"subset_of": ["L10H10", "L11H3"]}, "nothing outside"),
+           ("paper_rule.spurious", {"excludes": ["L11H6"]}, "none of"),
+           ("rule", {"in": ["threshold"]}, "is one of"),
+           ("paper_rule.spurious", {"in": ["L10H10"]}, "is a list"),
+           ("paper_rule.heads", {"contains": ["L10H10"]}, "is missing")]
+    for expr, cond, words in bad:
+        passed, _, msg = wb.parse_check(expr, cond).evaluate(m)
+        assert not passed and words in msg, msg
+    assert wb.check_metrics(m, {"paper_rule.spurious": [{"contains": ["L11H3"]}, {"excludes": ["L11H5"]}]}) == []
+    for cond, words in (({"contains": [], }, "non-empty"), ({"has": ["a"]}, "unknown operation"),
+                        ({"contains": ["a"], "in": ["b"]}, "one operation"), ({"in": [True]}, "strings or numbers")):
+        with pytest.raises(ValueError, match=words):
+            wb.parse_check("paper_rule.spurious", cond)
+    with pytest.raises(ValueError, match="single metric key"):
+        wb.parse_check("a - b", {"contains": ["x"]})
+
+
+def reference_like_metrics():
+    """Metrics as a ViT-B-16 Waterbirds run matching the reference's committed outputs would write them."""
+    return {"00_explore_benchmark": {"n_images": 4795, "zero_shot": {"avg_sample": 88.9}, "spurious_accuracy": 91.2},
+            "02_locate_heads": {"counts": {"n_conflicting": 508, "n_correct": 245, "n_wrong": 263},
+                                "paper_rule": {"spurious": ["L10H10", "L11H3", "L11H6"], "salient": ["L11H5"]}},
+            "05_compare_methods": {"zero_shot": {"wg": 45.0}, "ltc": {"wg": 70.0}, "ltc_paper_recipe": {"wg": 68.0}},
+            "07_train_probes": {"erm_probe": {"wg": 35.2}, "jtt_probe_reference": {"wg": 72.3},
+                                "jtt_ltc_over_jtt": 14.1}}
+
+
+def test_gpu_checks_pass_on_the_reference_numbers_and_fail_off_them(tmp_path, capsys):
+    gpu = Path(__file__).resolve().parents[1] / ".github" / "gpu-params.yaml"
+    spec = wb.load_params_file(gpu)
+    assert spec["notebooks"]["02_locate_heads"] == {"groups": "pseudo"} and spec["defaults"]["locate_split"] == "train"
+    good = reference_like_metrics()
+    for stem, m in good.items():
+        wb.write_metrics(stem, m, tmp_path / "good")
+    assert wb.main(["check", str(tmp_path / "good"), "-f", str(gpu)]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    bad = reference_like_metrics()
+    bad["02_locate_heads"]["paper_rule"]["spurious"] = ["L10H10", "L11H6"]  # L11H3 not located
+    bad["05_compare_methods"]["ltc"]["wg"] = 44.0  # LTC below zero-shot
+    bad["00_explore_benchmark"]["zero_shot"]["avg_sample"] = 86.0  # off the reference's 88.9 by 2.9
+    for stem, m in bad.items():
+        wb.write_metrics(stem, m, tmp_path / "bad")
+    assert wb.main(["check", str(tmp_path / "bad"), "-f", str(gpu)]) == 1
+    out = capsys.readouterr().out
+    assert "3 check(s) failed" in out and "missing ['L11H3']" in out
+    assert "FAIL 05_compare_methods: ltc.wg - zero_shot.wg = -1" in out

@@ -1,4 +1,17 @@
-"""Metric checks: ``{EXPRESSION: CONDITION}`` evaluated on a run's metrics, never as code."""
+"""Metric checks: ``{EXPRESSION: CONDITION}`` evaluated on a run's metrics, never as code.
+
+A CONDITION is a string (``">= 0.5"``, ``"== 88.9 +- 1.5"``, ``"== true"``; see :func:`parse_check`)
+or a one-key mapping for sets, the metric being a list of strings or numbers (or one value)::
+
+    02_locate_heads:
+      paper_rule.spurious: {contains: [L10H10, L11H3]}   # the list holds every one of these
+      paper_rule.salient: {contains_any: [L11H5, L10H2]} # ... at least one of these
+      selection.spurious: {subset_of: [L10H10, L11H3, L11H6, L11H0]}  # nothing outside these
+      selection.rule: {in: [topk, threshold]}            # a single value among these
+      selection.salient: {excludes: [L10H10]}            # none of these
+
+A list of conditions (strings or mappings) checks each.
+"""
 
 from __future__ import annotations
 
@@ -59,20 +72,94 @@ class Check:
         return passed, x, f"{self.expression} = {shown}, expected {self.condition}"
 
 
-def parse_check(expression: str, condition: str) -> Check:
+_SET_OPS = {
+    "contains": ("holds every one of", lambda have, want: want <= have),
+    "contains_any": ("holds at least one of", lambda have, want: bool(want & have)),
+    "subset_of": ("holds nothing outside", lambda have, want: have <= want),
+    "excludes": ("holds none of", lambda have, want: not (want & have)),
+    "in": ("is one of", None),
+}
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """A set-membership check: ``{op: [values]}`` with op one of contains, contains_any, subset_of, excludes, in."""
+
+    expression: str
+    op: str
+    values: tuple
+
+    @property
+    def condition(self) -> str:
+        return f"{self.op} {list(self.values)}"
+
+    def evaluate(self, metrics: Mapping[str, Any]) -> tuple[bool, Any, str]:
+        """Evaluate against (flattened or nested) metrics; returns ``(passed, value, message)``."""
+        flat = flatten(metrics)
+        key = self.expression
+        if key not in flat:
+            near = ", ".join(sorted(flat)[:30]) or "(no metrics)"
+            return False, None, f"{key} {self.condition}: metric {key!r} is missing; have: {near}"
+        v = flat[key]
+        want = set(self.values)
+        words, test = _SET_OPS[self.op]
+        if self.op == "in":
+            if isinstance(v, (list, dict)):
+                return False, v, f"{key} {self.condition}: metric {key!r} = {v!r} is a list; use contains/subset_of"
+            passed = v in want
+        else:
+            if v is None or isinstance(v, dict):
+                return False, v, f"{key} {self.condition}: metric {key!r} = {v!r} is not a list of values"
+            have = set(v) if isinstance(v, list) else {v}
+            passed = test(have, want)
+        missing = sorted(map(str, want - set(v if isinstance(v, list) else [v]))) if self.op == "contains" else []
+        extra = (f" (missing {missing})" if missing and not passed else "")
+        return passed, v, f"{key} = {v!r}, expected it {words} {sorted(map(str, want))}{extra}"
+
+
+def parse_set_check(expression: str, condition: Mapping[str, Any]) -> SetCheck:
+    """Parse a set-membership check such as ``{"contains": ["L10H10", "L11H3"]}``.
+
+    Args:
+        expression: a metric key (nested keys joined by dots).
+        condition: a mapping with one key among contains, contains_any, subset_of, excludes, in,
+            whose value is a non-empty list of strings or numbers (a single value is one item).
+    Returns:
+        a :class:`SetCheck`.
+    Raises:
+        ValueError: the key, the operation or the values do not follow the format.
+    """
+    if not re.match(rf"^{_KEY}$", str(expression).strip()):
+        raise ValueError(f"set check {expression!r}: the expression must be a single metric key")
+    if len(condition) != 1:
+        raise ValueError(f"set check {expression!r}: give one operation per mapping, got {sorted(condition)}; "
+                         "use a list of mappings for several")
+    (op, values), = condition.items()
+    if op not in _SET_OPS:
+        raise ValueError(f"set check {expression!r}: unknown operation {op!r}; use one of {', '.join(_SET_OPS)}")
+    values = values if isinstance(values, list) else [values]
+    if not values or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in values):
+        raise ValueError(f"set check {expression!r}: {op} needs a non-empty list of strings or numbers, got {values!r}")
+    return SetCheck(str(expression).strip(), op, tuple(values))
+
+
+def parse_check(expression: str, condition: str | Mapping[str, Any]) -> Check | SetCheck:
     """Parse one check (see the module docstring); nothing is evaluated as code.
 
     Args:
         expression: ``"key"``, ``"key_a - key_b"`` or ``"key_a + key_b"`` (spaces around the sign).
-        condition: ``"OP NUMBER"``, ``"== true"``, or ``"== NUMBER +- TOL"``; OP in >= > <= < == !=.
+        condition: ``"OP NUMBER"``, ``"== true"``, or ``"== NUMBER +- TOL"``; OP in >= > <= < == !=;
+            or a set mapping (see :func:`parse_set_check`).
     Returns:
-        a :class:`Check`.
+        a :class:`Check` (or a :class:`SetCheck` for a mapping).
     Raises:
         ValueError: either part does not follow the format.
     """
+    if isinstance(condition, Mapping):
+        return parse_set_check(expression, condition)
     if not isinstance(condition, str):
-        raise ValueError(f"check {expression!r}: the condition must be a string such as '>= 0.5', "
-                         f"got {condition!r}")
+        raise ValueError(f"check {expression!r}: the condition must be a string such as '>= 0.5' or a set "
+                         f"mapping such as {{contains: [a, b]}}, got {condition!r}")
     m = _EXPR.match(str(expression))
     if not m:
         raise ValueError(f"check expression {expression!r} is not a metric key or 'key_a - key_b' "

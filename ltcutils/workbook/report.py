@@ -181,6 +181,7 @@ METHOD_ORDER: tuple[tuple[str, str], ...] = (
     ("ltc_full", "LTC-full"),
     ("ltc_threshold_rule", "LTC (threshold rule)"),
     ("random", "random"),
+    ("random_paper_recipe", "random (paper rec.)"),
 )
 """Known methods (metrics key, row label) in table order. Rows come in the fixed order of their
 kind: zero-shot; baselines (Ortho-Cali, RoboShot, TextSpan, and any key not named below); ablate;
