@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .heads import Head
+
 __all__ = [
     "zero_shot_logits",
     "predict",
@@ -31,9 +33,6 @@ __all__ = [
     "random_head_sets",
     "mean_and_sd",
 ]
-
-Head = tuple[int, int]
-
 
 # ----------------------------------------------------------------------------- zero-shot
 
@@ -97,7 +96,9 @@ def predict(
         >>> predict(emb, W, candidates=[[1, 2], [0, 2]]).tolist()   # only these classes compete
         [2, 2]
     """
-    return zero_shot_logits(emb, classifier, candidates, device).argmax(1)
+    from .lens import predict_logits
+
+    return predict_logits(zero_shot_logits(emb, classifier, None, device), candidates)
 
 
 # ----------------------------------------------------------------------------- Ortho-Cali
@@ -267,13 +268,12 @@ def roboshot(
     if x.dim() != 2:
         raise ValueError(f"emb must be [n, d_embed], got shape {tuple(x.shape)}")
     x = F.normalize(x, dim=1)
+    from .correct import inject  # the same step as LTC's paper-mode injection: x + s cos(x, q) q, renormalised
+
     for sign, dirs, what in ((-1.0, reject_dirs, "reject"), (1.0, accept_dirs, "accept")):
         Q = _basis(dirs, x.shape[1], what)
-        if Q is None:
-            continue
-        for q in Q:
-            cos = (F.normalize(x, dim=1) @ q)[:, None]
-            x = F.normalize(x + sign * cos * q, dim=1)
+        if Q is not None:
+            x = inject(x, Q, strength=sign, renormalize=True)
     return x.float().to(device)
 
 

@@ -132,7 +132,7 @@ def bench_locate(n: int, n_val: int, layers: int, heads: int, d_embed: int, seed
         basis = correct.orthonormal_basis(torch.randn(6, d_embed, generator=torch.Generator().manual_seed(1)))
         t0 = time.perf_counter()
         lv = lens_mod.logit_lens(val, W)
-        sel = locate.locate(lv, y_val, g_val, groups="true", rule="topk", k=4)
+        sel = locate.locate(lv, y_val, g_val, groups="true", conflicting=[1, 2], rule="topk", k=4)  # group = 2y + s
         means = correct.head_means(val)
         t1 = time.perf_counter()
         lt = lens_mod.logit_lens(test, W)

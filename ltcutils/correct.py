@@ -17,6 +17,10 @@ basis ``q_1..q_r`` of text differences ``e(a_j) - e(b_j)``, for each ``q``::
 
     x <- x + strength * cos(x, q) * q      then, in paper mode, x <- x / ||x||
 
+This is one operation with RoboShot's (:func:`ltcutils.baselines.roboshot` calls
+:func:`inject`: its accept step is ``strength=1``, its reject step ``strength=-1``, both on unit
+embeddings).
+
 In the paper-faithful mode (``renormalize=True``, ``strength=1``) every injected head ends as a
 *unit* vector. The whole embedding is itself unit-norm and a single head is usually a small
 part of it (a norm of 0.05-0.3), so this silently multiplies the head's weight by ``1/||x||``:
@@ -34,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decompose import _layer_list, _recorder, head_terms_from_z, head_label
+from .decompose import _layer_list, _recorder, head_terms_from_z
+from .heads import Head, check_heads, head_label, parse_heads
 from .lens import LogitLens
 from .store import Terms
 
@@ -43,14 +48,13 @@ __all__ = [
     "head_means",
     "orthonormal_basis",
     "ConceptBases",
+    "concept_bases",
     "inject",
     "corrected_logits",
     "corrected_embedding",
     "head_delta",
     "DebiasedEncoder",
 ]
-
-Head = tuple[int, int]
 
 
 @torch.inference_mode()
@@ -92,13 +96,27 @@ def orthonormal_basis(directions: torch.Tensor, tol: float = 1e-6) -> torch.Tens
 
 
 def inject(x: torch.Tensor, basis: torch.Tensor, strength: float = 1.0, renormalize: bool = True) -> torch.Tensor:
-    """Amplify ``x [n, d_embed]`` along orthonormal ``basis [r, d_embed]``.
+    """Amplify ``x [n, d_embed]`` along orthonormal ``basis [r, d_embed]`` (or, ``strength < 0``, damp it).
 
-    ``renormalize=True`` (paper): ``x <- x + strength * cos(x, q) q``, then ``x <- x / ||x||``,
-    for each ``q`` in order. ``renormalize=False``: ``x <- x + strength * (x . q) q`` for each
-    ``q`` (order-free, scale kept).
+    ``renormalize=True`` (paper, and RoboShot): ``x <- x + strength * cos(x, q) q``, then
+    ``x <- x / ||x||``, for each ``q`` in order. ``renormalize=False``:
+    ``x <- x + strength * (x . q) q`` for each ``q`` (order-free, scale kept). On a unit ``x``,
+    ``strength=-1`` removes ``x``'s component along ``q`` (RoboShot's reject step).
+
+    Args:
+        x: ``[n, d_embed]`` vectors (float64 stays float64; other dtypes compute in float32).
+        basis: ``[r, d_embed]`` orthonormal directions (:func:`orthonormal_basis`).
+
+    Returns:
+        ``[n, d_embed]`` in ``x``'s float precision.
+
+    Example::
+
+        >>> inject(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]]), renormalize=False)
+        tensor([[6., 4.]])
     """
-    x = x.float()
+    x = x if x.dtype == torch.float64 else x.float()
+    basis = basis.to(x)
     if renormalize:
         for q in basis:
             cos = (F.normalize(x, dim=-1) @ q)[:, None]
@@ -131,6 +149,49 @@ class ConceptBases:
     def take(self, rows: np.ndarray | slice) -> "ConceptBases":
         """The same bases for a subset of the images."""
         return ConceptBases(self.bases, self.index[rows], self.keys)
+
+
+def concept_bases(keyed: dict[str, torch.Tensor], class_names: Sequence[str], candidates: np.ndarray | None = None,
+                  logits: torch.Tensor | None = None) -> ConceptBases:
+    """Per-image concept bases from bases keyed by class pair (``"a|b"``, either order).
+
+    Each image uses the basis of its two candidate classes (``candidates [n, 2]``, e.g. the true
+    and the paired occupation of GenderBias). Without candidates (CounterAnimal's 1000-way
+    classification) the pair is the image's two highest classes under ``logits [n, n_class]``
+    (the zero-shot logits: a label-free pseudo-pair, as in the reference). Images whose pair has
+    no entry get no injection (index -1; a warning gives the count).
+
+    Args:
+        keyed: ``{"a|b": basis [r, d_embed]}`` (``text_directions(...)["injection_keyed"]``).
+        class_names: ``[n_class]`` names, the global class order.
+        candidates: ``[n, 2]`` global class indices per image, or None.
+        logits: ``[n, n_class]`` used when ``candidates`` is None.
+
+    Raises:
+        ValueError: candidates that are not two per image, or neither candidates nor logits.
+    """
+    import warnings
+
+    if candidates is not None:
+        candidates = np.asarray(candidates)
+        if candidates.ndim != 2 or candidates.shape[1] != 2:
+            raise ValueError("per-image concept bases need two candidate classes per image (candidates [n, 2])")
+        pairs = candidates
+    elif logits is not None:
+        pairs = logits.topk(2, dim=1).indices.cpu().numpy()
+    else:
+        raise ValueError("pass candidates [n, 2] or the zero-shot logits [n, n_class] to pick each image's class pair")
+    keys = list(keyed)
+    lookup = {}
+    for i, key in enumerate(keys):
+        a, _, b = key.partition("|")
+        lookup[(a, b)] = lookup[(b, a)] = i
+    index = np.array([lookup.get((class_names[a], class_names[b]), -1) for a, b in pairs], dtype=np.int64)
+    missing = int((index < 0).sum())
+    if missing:
+        warnings.warn(f"{missing} of {len(index)} images have no concept pairs for their class pair; "
+                      "they get no injection", stacklevel=2)
+    return ConceptBases([keyed[k] for k in keys], index, keys)
 
 
 def _inject_any(x: torch.Tensor, basis, strength: float, renormalize: bool) -> torch.Tensor:
@@ -172,8 +233,8 @@ class Correction:
     renormalize: bool = True
 
     def __post_init__(self) -> None:
-        self.ablate = [(int(l), int(h)) for l, h in self.ablate]
-        self.inject = [(int(l), int(h)) for l, h in self.inject]
+        self.ablate = parse_heads(self.ablate)
+        self.inject = parse_heads(self.inject)
         both = set(self.ablate) & set(self.inject)
         if both:
             raise ValueError(f"heads {sorted(both)} are both ablated and injected; pick one edit per head")
@@ -192,15 +253,18 @@ class Correction:
         """
         if not reference:
             raise ValueError("name the reference split the means were computed on (reference='val')")
-        layers = list(layers)
-        heads = [(int(l), int(h)) for l, h in heads]
+        layers = [int(l) for l in layers]
+        if means.dim() != 3 or means.shape[0] != len(layers):
+            raise ValueError(f"means must be [layer={len(layers)}, head, d_embed] (head_means of the same store), "
+                             f"got shape {tuple(means.shape)}")
+        heads = check_heads(heads, None, int(means.shape[1]), layers=layers, what="head to ablate")
         vals = torch.stack([means[layers.index(l), h] for l, h in heads]) if heads else None
         return cls(ablate=heads, ablate_values=vals, reference=reference)
 
     @classmethod
     def zero_ablation(cls, heads: Sequence[Head], d_embed: int) -> "Correction":
         """Zero-ablate ``heads`` (their term is removed)."""
-        heads = [(int(l), int(h)) for l, h in heads]
+        heads = parse_heads(heads)
         return cls(ablate=heads, ablate_values=torch.zeros(len(heads), d_embed) if heads else None, reference="zero")
 
     def with_injection(self, heads: Sequence[Head], basis: torch.Tensor | ConceptBases, strength: float = 1.0,
@@ -314,6 +378,8 @@ class DebiasedEncoder:
         self.hooked = getattr(model, "hooked", model)
         self.correction = correction
         self.normalize = normalize
+        cfg = self.hooked.cfg
+        check_heads(correction.ablate + correction.inject, cfg.n_layers, cfg.n_heads, what="edited head")
         self.layers = sorted({l for l, _ in correction.ablate + correction.inject})
         _layer_list(self.hooked, self.layers)  # validates the layer indices
 

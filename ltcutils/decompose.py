@@ -45,9 +45,7 @@ class DecompositionError(AssertionError):
     """The decomposition terms do not sum to the model's own embedding."""
 
 
-def head_label(layer: int, head: int) -> str:
-    """TransformerLens-style label ``L{layer}H{head}``."""
-    return f"L{layer}H{head}"
+from .heads import head_label  # noqa: E402  (the one head-label codec lives in ltcutils.heads)
 
 
 @dataclass

@@ -25,7 +25,8 @@ random           ablate / inject as many random heads (from the same layers), me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 
 from . import baselines, metrics
 from .correct import Correction, corrected_embedding, corrected_logits
+from .heads import head_label
 from .lens import LogitLens, predict_logits
 from .locate import HeadSelection
 from .store import ActivationStore, Terms
@@ -55,6 +57,13 @@ class EvalSplit:
     name: str = ""
     spurious: np.ndarray | None = None
     rows: np.ndarray | None = None  # index of each image in its store (skipped images are left out)
+    meta: dict = field(default_factory=dict, repr=False)  # the store's meta: what the dataset says of itself
+
+    def conflicting_groups(self) -> list[int]:
+        """The dataset's bias-conflicting group ids (:func:`ltcutils.locate.conflicting_groups`)."""
+        from .locate import conflicting_groups
+
+        return conflicting_groups(self)
 
     @classmethod
     def from_store(cls, store: ActivationStore, classifier: torch.Tensor) -> "EvalSplit":
@@ -69,9 +78,11 @@ class EvalSplit:
         cand = labels.get("candidates")
         return cls(logit_lens(terms, classifier.cpu()), terms, labels["y"][keep], labels["group"][keep],
                    list(store.meta["group_names"]), None if cand is None else cand[keep],
-                   f"{store.meta['dataset']}/{store.meta['split']}", labels["spurious"][keep], keep)
+                   f"{store.meta['dataset']}/{store.meta['split']}", labels["spurious"][keep], keep, store.meta)
 
     def predict(self, logits: torch.Tensor) -> np.ndarray:
+        """Predicted classes ``[n]`` of ``logits [n, n_class]`` among each image's candidates
+        (:func:`ltcutils.lens.predict_logits`, the package's one prediction rule)."""
         return predict_logits(logits, self.candidates).numpy()
 
 
@@ -116,7 +127,7 @@ def random_control(
         if n_inject:
             corr = corr.with_injection(heads[n_ablate:], basis, strength, renormalize)
         r = score(split, corrected_logits(split.lens, corr, split.terms))
-        r["heads"] = ",".join(f"L{l}H{h}" for l, h in heads)
+        r["heads"] = ",".join(head_label(l, h) for l, h in heads)
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -180,7 +191,7 @@ def methods_table(
         add("RoboShot", emb @ split.lens.classifier)
     if textspan_heads:
         ts = Correction.mean_ablation(textspan_heads, means, split.terms.layers, reference)
-        add("TextSpan", corrected_logits(split.lens, ts, split.terms), heads=",".join(f"L{l}H{h}" for l, h in ts.ablate))
+        add("TextSpan", corrected_logits(split.lens, ts, split.terms), heads=",".join(head_label(l, h) for l, h in ts.ablate))
     ablate = Correction.mean_ablation(selection.spurious, means, split.terms.layers, reference)
     add("ablate", corrected_logits(split.lens, ablate, split.terms), heads=",".join(selection.labels("spurious")))
     ltc = ablate
@@ -227,49 +238,11 @@ def edited_embedding(split: EvalSplit, correction: Correction) -> torch.Tensor:
 
 
 def text_directions(model, bank, classifier: torch.Tensor, lam: float = 1000.0) -> dict:
-    """Everything the text-based methods need, from a prompt bank.
+    """Deprecated alias of :func:`ltcutils.text.text_directions` (text preparation lives in ``text``)."""
+    from .text import text_directions as _text_directions
 
-    Returns a dict with ``ortho_classifier [d_embed, n_class]`` (None without Ortho-Cali prompts),
-    ``roboshot_reject`` / ``roboshot_accept [k, d_embed]`` (None when the bank has no pairs),
-    ``injection_basis [r, d_embed]`` (orthonormal; None without a plain list of injection pairs)
-    and ``injection_keyed`` (``{"classA|classB": basis}`` for banks keyed by class pair; turn it
-    into per-image bases with :func:`concept_bases`).
-    """
-    from itertools import combinations
-
-    from .correct import orthonormal_basis
-    from .text import pair_directions
-
-    import warnings
-
-    out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
-    classifier = classifier.cpu()
-    keyed = [k for k in ("roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
-    if keyed:
-        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; RoboShot with per-image directions "
-                      "is not implemented, so RoboShot is left out of the table", stacklevel=2)
-    out["injection_keyed"] = None
-    if isinstance(bank.injection, dict) and bank.injection:
-        out["injection_keyed"] = {key: orthonormal_basis(pair_directions(model, pairs).cpu())
-                                  for key, pairs in bank.injection.items() if pairs}
-    if bank.ortho_spurious and bank.ortho_candidates:
-        spur = model.encode_text(bank.ortho_spurious)
-        zi, zj = [], []
-        for prompts in bank.ortho_candidates.values():
-            emb = model.encode_text(prompts)
-            for a, b in combinations(range(len(prompts)), 2):
-                zi.append(emb[a])
-                zj.append(emb[b])
-        if zi:
-            out["ortho_classifier"] = baselines.ortho_cali(classifier, spur.cpu(), (torch.stack(zi).cpu(), torch.stack(zj).cpu()),
-                                                           lam=lam)
-    if isinstance(bank.roboshot_reject, list) and bank.roboshot_reject:
-        out["roboshot_reject"] = pair_directions(model, bank.roboshot_reject).cpu()
-    if isinstance(bank.roboshot_accept, list) and bank.roboshot_accept:
-        out["roboshot_accept"] = pair_directions(model, bank.roboshot_accept).cpu()
-    if isinstance(bank.injection, list) and bank.injection:
-        out["injection_basis"] = orthonormal_basis(pair_directions(model, bank.injection).cpu())
-    return out
+    warnings.warn("ltc.evaluate.text_directions moved to ltc.text.text_directions", DeprecationWarning, stacklevel=2)
+    return _text_directions(model, bank, classifier, lam=lam)
 
 
 def table_metrics(table: pd.DataFrame) -> dict:
@@ -287,32 +260,14 @@ def table_metrics(table: pd.DataFrame) -> dict:
 
 
 def concept_bases(split: EvalSplit, class_names: Sequence[str], keyed: dict[str, torch.Tensor]):
-    """Per-image concept bases from bases keyed by class pair (``"a|b"``, either order).
+    """Deprecated alias of :func:`ltcutils.correct.concept_bases` for an evaluation split.
 
-    Each image uses the basis of its two candidate classes (``split.candidates``, e.g. the true
-    and the paired occupation of GenderBias). Without candidates (CounterAnimal's 1000-way
-    classification) the pair is the image's two highest zero-shot classes, a label-free
-    pseudo-pair as in the reference. Images whose pair has no entry get no injection (index -1;
-    a warning gives the count).
+    The image's class pair is its two candidates (``split.candidates``) or, without candidates,
+    its two highest zero-shot classes.
     """
-    import warnings
+    from .correct import concept_bases as _concept_bases
 
-    from .correct import ConceptBases
-
-    if split.candidates is not None:
-        if split.candidates.shape[1] != 2:
-            raise ValueError("per-image concept bases need two candidate classes per image (split.candidates [n, 2])")
-        pairs = split.candidates
-    else:
-        pairs = split.lens.logits().topk(2, dim=1).indices.numpy()
-    keys = list(keyed)
-    lookup = {}
-    for i, key in enumerate(keys):
-        a, _, b = key.partition("|")
-        lookup[(a, b)] = lookup[(b, a)] = i
-    index = np.array([lookup.get((class_names[a], class_names[b]), -1) for a, b in pairs], dtype=np.int64)
-    missing = int((index < 0).sum())
-    if missing:
-        warnings.warn(f"{missing} of {len(index)} images have no concept pairs for their class pair; "
-                      "they get no injection", stacklevel=2)
-    return ConceptBases([keyed[k] for k in keys], index, keys)
+    warnings.warn("ltc.evaluate.concept_bases moved to ltc.correct.concept_bases(keyed, class_names, candidates=..., "
+                  "logits=...)", DeprecationWarning, stacklevel=2)
+    logits = split.lens.logits() if split.candidates is None else None
+    return _concept_bases(keyed, class_names, candidates=split.candidates, logits=logits)

@@ -55,6 +55,7 @@ class Experiment:
     layers: list[int] | None = None
     max_images: int | None = None
     seed: int = 0
+    rebuild: bool = False
     _splits: dict = field(default_factory=dict)
     _stores: dict = field(default_factory=dict)
 
@@ -73,6 +74,8 @@ class Experiment:
     def split(self, name: str):
         """The dataset split ``name`` (a :class:`~ltcutils.datasets.base.GroupDataset`)."""
         if name not in self._splits:
+            import numpy as np
+
             from .datasets.registry import load_dataset
 
             ds = load_dataset(self.dataset, name, root=self.data_root, **self.dataset_kwargs)
@@ -83,6 +86,12 @@ class Experiment:
                     "Pass a prompt bank whose class_names match the dataset (prompt_bank=...)")
             if self.max_images is not None and len(ds) > self.max_images:
                 ds = ds.subset(stratified_subset(ds.group, self.max_images, self.seed))
+            classes = np.unique(ds.y)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"{ds.name}/{ds.split} has images of one class only ({ds.class_names[int(classes[0])]!r}, "
+                    f"{len(ds)} images): zero-shot classification and LTC need at least two classes. Check the "
+                    "split's metadata, or raise max_images / n_per_group")
             self._splits[name] = ds
         return self._splits[name]
 
@@ -92,7 +101,7 @@ class Experiment:
             from .capture import capture
 
             self._stores[name] = capture(self.model, self.split(name), self.cache_dir, batch_size=self.batch_size,
-                                         layers=self.layers, progress=progress)
+                                         layers=self.layers, progress=progress, rebuild=self.rebuild)
         return self._stores[name]
 
     # ------------------------------------------------------------------ text
@@ -123,6 +132,7 @@ def setup(
     layers: list[int] | None = None,
     n_per_group: int | None = None,
     max_images: int | None = None,
+    rebuild: bool = False,
     **dataset_kwargs: Any,
 ) -> Experiment:
     """Load the model and prompt bank and prepare the output and cache folders.
@@ -142,8 +152,26 @@ def setup(
         n_per_group: synthetic benchmark only: images per group in val and test.
         max_images: use at most this many images per split (a seeded, group-stratified subset;
             None: all). Handy for quick runs on real datasets.
+        rebuild: replace a cached decomposition made from other inputs, or a damaged one, instead
+            of refusing it (the notebooks' ``rebuild`` parameter).
         dataset_kwargs: passed to the dataset loader.
+
+    Raises:
+        ValueError: a size that is not a positive whole number, or ``pretrained='default'`` with
+            another model.
+        ModelLoadError: an unknown or non-ViT model name (checked first), or a device this
+            machine does not have.
     """
+    from .models import check_device, check_model_name
+
+    batch_size = _positive_int("batch_size", batch_size)
+    n_per_group = _positive_int("n_per_group", n_per_group, none_ok=True)
+    max_images = _positive_int("max_images", max_images, none_ok=True)
+    seed = int(seed)
+    if isinstance(pretrained, str) and pretrained.strip().lower() in ("none", "null", "~", ""):
+        pretrained = None  # -p pretrained None arrives as the string "None"
+    check_model_name(model)
+    check_device(device)
     torch.manual_seed(seed)
     if pretrained == "default":
         if model != TINY_MODEL:
@@ -166,4 +194,17 @@ def setup(
         warnings.warn(f"n_per_group={n_per_group} sizes the synthetic benchmark only and is ignored for {dataset}; "
                       "use max_images to subsample a real dataset", stacklevel=2)
     return Experiment(m, dataset, bank, data_root, out, cache, batch_size, dataset_kwargs, layers,
-                      max_images=max_images, seed=seed)
+                      max_images=max_images, seed=seed, rebuild=bool(rebuild))
+
+
+def _positive_int(name: str, value: Any, none_ok: bool = False) -> int | None:
+    """``value`` as an int >= 1; raises ValueError naming the parameter otherwise."""
+    if value is None and none_ok:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not ok and isinstance(value, float) and value.is_integer() and value >= 1:
+        return int(value)
+    if not ok:
+        raise ValueError(f"{name} must be a positive whole number{' or None' if none_ok else ''}, got {value!r} "
+                         f"(pass e.g. -p {name} 64)")
+    return value

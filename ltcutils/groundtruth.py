@@ -35,11 +35,10 @@ import numpy as np
 import torch
 
 from .datasets import synthetic as syn
-from .decompose import decompose, head_label
+from .decompose import decompose
+from .heads import Head, head_label
 
 __all__ = ["OracleTable", "oracle_table", "effects_from_terms", "oracle_ablation"]
-
-Head = tuple[int, int]
 
 
 @dataclass

@@ -17,11 +17,20 @@ Selection rules:
 
 Sample sets (``groups=``): ``"true"`` uses the spurious labels, ``"pseudo"`` predicts the
 spurious attribute zero-shot with spurious prompts, ``"full"`` uses all images (no groups).
+
+Which groups are bias-conflicting is the dataset's own knowledge
+(:attr:`~ltcutils.datasets.base.GroupDataset.conflicting_groups`, recorded in each store's
+meta); :func:`conflicting_groups` reads it from a dataset, a store or an evaluation split.
+
+A :class:`HeadSelection` records the model it was located on; :meth:`HeadSelection.load` with
+``model=`` checks every head against the model it is about to edit and warns when the file
+comes from other weights.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,13 +39,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .decompose import head_label
-from .lens import LogitLens, mask_candidates
+from .heads import Head, check_heads, head_label, model_shape, parse_head, parse_heads
+from .lens import LogitLens, mask_candidates, predict_logits
 
 __all__ = [
     "HeadSelection",
     "LocateError",
-    "CONFLICTING_GROUPS",
     "margins",
     "top_head_frequencies",
     "conflicting_mask",
@@ -45,34 +53,13 @@ __all__ = [
     "locate",
     "choose_k",
     "parse_head",
+    "LocatedHeads",
+    "select_heads",
 ]
-
-Head = tuple[int, int]
-
-#: bias-conflicting groups per dataset (group = 2 * y + spurious): the minority groups
-CONFLICTING_GROUPS: dict[str, list[int]] = {
-    "synthetic": [1, 2],  # landbird on water, waterbird on land
-    "waterbirds": [1, 2],
-    "celeba": [0, 3],  # non-blond female, blond male (blond hair correlates with female)
-    "genderbias": [1, 2],  # group = 2 * male_dominated + gender: women in male-dominated jobs and vice versa
-    "counteranimal": [1],  # group = background: 0 common, 1 counter (the bias-conflicting backgrounds)
-}
 
 
 class LocateError(ValueError):
     """Locating heads is impossible with the given samples (say, no wrong predictions)."""
-
-
-def parse_head(h: str | Sequence[int]) -> Head:
-    """``"L10H3"`` or ``(10, 3)`` -> ``(10, 3)``."""
-    if isinstance(h, str):
-        s = h.upper()
-        if not (s.startswith("L") and "H" in s):
-            raise ValueError(f"head labels look like 'L10H3', got {h!r}")
-        l, hh = s[1:].split("H")
-        return int(l), int(hh)
-    l, hh = h
-    return int(l), int(hh)
 
 
 def margins(lens: LogitLens, y: np.ndarray, candidates: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,7 +75,7 @@ def margins(lens: LogitLens, y: np.ndarray, candidates: np.ndarray | None = None
         for a wrong prediction and the runner-up for a correct one.
     """
     masked = mask_candidates(lens.logits(), candidates)
-    pred = masked.argmax(1)
+    pred = predict_logits(masked)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     n_comp = masked.shape[1] if candidates is None else np.asarray(candidates).shape[1]
     if n_comp < 2:
@@ -129,15 +116,72 @@ def pseudo_groups(group: np.ndarray, spurious: np.ndarray, predicted: np.ndarray
     return np.asarray(group) - np.asarray(spurious) + np.asarray(predicted)
 
 
-def conflicting_groups(dataset: str) -> list[int]:
-    """The bias-conflicting groups of a dataset, or a clear error if it has none defined."""
-    try:
-        return list(CONFLICTING_GROUPS[dataset])
-    except KeyError:
-        raise LocateError(
-            f"no bias-conflicting groups are defined for {dataset!r} (known: {sorted(CONFLICTING_GROUPS)}); "
-            "pass conflicting=[...] explicitly or use groups='full'"
-        ) from None
+def conflicting_groups(source) -> list[int]:
+    """The bias-conflicting group ids of a dataset, read from where the dataset states them.
+
+    Args:
+        source: a :class:`~ltcutils.datasets.base.GroupDataset` (its ``conflicting_groups``), an
+            :class:`~ltcutils.store.ActivationStore` or its ``meta`` dict (the ``conflicting_groups``
+            recorded at capture; a store written before that key existed has them recomputed
+            from its dataset's loader), or an :class:`~ltcutils.evaluate.EvalSplit` made from a store.
+            A dataset name (a string) is deprecated: it is only accepted for datasets whose
+            conflicting groups do not depend on loader options, by loading its definition.
+
+    Raises:
+        LocateError: the dataset defines no bias-conflicting groups (FairFace: no class label;
+            CelebA attributes with no association), with what to do instead.
+    """
+    from .datasets.base import GroupDataset
+    from .datasets.registry import conflicting_groups_from_meta
+
+    if isinstance(source, str):
+        return _conflicting_by_name(source)
+    if isinstance(source, GroupDataset):
+        name, got, info = source.name, source.conflicting_groups, source.info
+    else:
+        meta = source.meta if hasattr(source, "meta") else source  # a store, an EvalSplit, or a meta dict
+        if hasattr(source, "lens") and not meta:
+            raise LocateError(f"the EvalSplit {source.name!r} was not built from a store (EvalSplit.from_store), so it "
+                              "does not know its dataset's conflicting groups; pass conflicting=[...]")
+        if not isinstance(meta, dict) or "dataset" not in meta:
+            raise TypeError(f"conflicting_groups needs a GroupDataset, an ActivationStore (or its meta) or an "
+                            f"EvalSplit, got {type(source).__name__}")
+        # a store written before meta recorded them: recompute from the dataset's definition (no default)
+        got = meta["conflicting_groups"] if "conflicting_groups" in meta else conflicting_groups_from_meta(meta)
+        name, info = meta["dataset"], meta.get("dataset_info") or {}
+    if got is None:
+        hint = ("it has no class label, so no image can conflict with one: locate the heads on another dataset "
+                "(e.g. genderbias) and reuse its heads file (heads_from=...)" if info.get("has_class_label") is False
+                else "pass conflicting=[...] explicitly, or use groups='full'")
+        raise LocateError(f"{name} defines no bias-conflicting groups; {hint}")
+    return [int(g) for g in got]
+
+
+def _conflicting_by_name(dataset: str) -> list[int]:
+    """Deprecated ``conflicting_groups("waterbirds")``: the loader module's ``CONFLICTING_GROUPS``."""
+    import importlib
+
+    from .datasets.registry import DATASETS
+
+    warnings.warn("conflicting_groups(<dataset name>) is deprecated: pass the store, the EvalSplit or the dataset "
+                  "(the groups can depend on loader options, e.g. CelebA's attributes)", DeprecationWarning,
+                  stacklevel=3)
+    if dataset == "synthetic":
+        from .datasets.synthetic import make_split
+
+        return conflicting_groups(make_split("val", n_per_group=1))
+    missing = object()
+    got = missing
+    if dataset in DATASETS:
+        got = getattr(importlib.import_module(f".datasets.{dataset}", __package__), "CONFLICTING_GROUPS", missing)
+    if got is missing:
+        raise LocateError(f"the bias-conflicting groups of {dataset!r} depend on how it is loaded (e.g. CelebA's "
+                          "target and spurious attributes) or are not defined; pass the store or the dataset: "
+                          "conflicting_groups(ex.store(split)), or conflicting=[...]")
+    if got is None:
+        raise LocateError(f"{dataset} defines no bias-conflicting groups (the docstring of "
+                          f"ltcutils.datasets.{dataset} says why and what to do instead)")
+    return list(got)
 
 
 def conflicting_mask(group: np.ndarray, conflicting: Sequence[int]) -> np.ndarray:
@@ -150,6 +194,9 @@ class HeadSelection:
     """A located head selection, reusable across notebooks and datasets (saved as JSON).
 
     ``table`` holds one row per head: layer, head, label, f_wrong, f_correct, diff, selected.
+    ``model`` records the model the heads were located on (``LoadedModel.describe()``: name,
+    weights fingerprint, ``vit`` shape); :meth:`load` compares it with the model they are
+    applied to.
     """
 
     spurious: list[Head]
@@ -181,27 +228,109 @@ class HeadSelection:
             d["table"] = self.table.to_dict(orient="records")
         return d
 
-    def save(self, path: str | Path) -> Path:
-        """Write the selection to a JSON file (atomically)."""
+    def check(self, model=None, layers: Sequence[int] | None = None, *, allow_empty: bool = True,
+              where: str = "head selection") -> "HeadSelection":
+        """Validate the heads: well-formed, not both spurious and salient, inside the model.
+
+        Args:
+            model: the model the heads will edit (a ``LoadedModel`` or its ``describe()``); None
+                checks against the model recorded in the selection, if any.
+            layers: the layers a store captured per head (heads elsewhere cannot be edited on it).
+            allow_empty: accept a selection without spurious heads.
+            where: names the selection in messages (e.g. the file path).
+
+        Returns:
+            ``self``, with the heads normalised to ``(int, int)`` tuples.
+
+        Raises:
+            ValueError: a malformed head (``L3H-1``), a head outside the model or its captured
+                layers, a head both spurious and salient, or (unless ``allow_empty``) no spurious head.
+        """
+        self.spurious = parse_heads(self.spurious)
+        self.salient = parse_heads(self.salient)
+        both = sorted(set(self.spurious) & set(self.salient))
+        if both:
+            raise ValueError(f"{where}: heads {[head_label(*h) for h in both]} are both spurious and salient; "
+                             "a head gets one edit")
+        if not allow_empty and not self.spurious:
+            raise ValueError(f"{where}: no spurious head was selected, so there is nothing to ablate; look at the "
+                             "frequency table (selection.table), locate on a larger split, or pass allow_empty=True "
+                             "to keep an empty selection on purpose")
+        target = model.describe() if hasattr(model, "describe") else (model or self.model)
+        shape = model_shape(target) if target else None
+        if shape is not None:
+            for which in ("spurious", "salient"):
+                check_heads(getattr(self, which), *shape, layers=layers, what=f"{where}: {which} head")
+        elif layers is not None:
+            for which in ("spurious", "salient"):
+                bad = [head_label(l, h) for l, h in getattr(self, which) if l not in layers]
+                if bad:
+                    raise ValueError(f"{where}: {which} heads {bad} lie in layers the store did not capture per "
+                                     f"head (captured: {list(layers)})")
+        return self
+
+    def save(self, path: str | Path, allow_empty: bool = False) -> Path:
+        """Validate (:meth:`check`), then write the selection to a JSON file (atomically).
+
+        Nothing is written when the check fails, so a later notebook cannot pick up a bad file.
+
+        Raises:
+            ValueError: see :meth:`check` (an empty spurious set is refused unless ``allow_empty``).
+        """
         from .store import atomic_write
 
         path = Path(path)
+        self.check(allow_empty=allow_empty, where=f"refusing to write {path}")
         atomic_write(path, json.dumps(self.to_dict(), indent=1, default=_json_default))
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "HeadSelection":
-        """Read a selection written by :meth:`save`."""
+    def load(cls, path: str | Path, model=None, layers: Sequence[int] | None = None) -> "HeadSelection":
+        """Read a selection written by :meth:`save`, checked against the model it will edit.
+
+        Args:
+            path: the JSON file.
+            model: the model the heads will be applied to (``LoadedModel`` or its ``describe()``).
+                Heads outside it are refused; a file located on other weights (or recording no
+                model) is accepted with a warning that names both models.
+            layers: the captured layers of the store the heads will edit.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: unreadable JSON, malformed heads, heads outside ``model`` or ``layers``.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no heads file at {path}; it is written by the locate step (notebook 02)")
-        d = json.loads(path.read_text())
-        table = pd.DataFrame(d.pop("table")) if "table" in d else None
-        d.pop("spurious_labels", None)
-        d.pop("salient_labels", None)
-        d["spurious"] = [parse_head(h) for h in d["spurious"]]
-        d["salient"] = [parse_head(h) for h in d["salient"]]
-        return cls(**d, table=table)
+        try:
+            d = json.loads(path.read_text())
+            table = pd.DataFrame(d.pop("table")) if "table" in d else None
+            d.pop("spurious_labels", None)
+            d.pop("salient_labels", None)
+            sel = cls(**d, table=table)
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a heads file written by HeadSelection.save ({exc}); "
+                             "re-run the locate step (notebook 02)") from None
+        sel.check(model, layers, where=str(path))
+        if model is not None:
+            _warn_other_model(sel.model, model.describe() if hasattr(model, "describe") else model, path)
+        return sel
+
+
+def _warn_other_model(recorded: dict, target: dict, path: Path) -> None:
+    """Warn when heads located on one model are applied to another (shapes were already checked)."""
+    def name(d: dict) -> str:
+        shape = model_shape(d)
+        dims = f", {shape[0]} layers x {shape[1]} heads" if shape else ""
+        return f"{d.get('model', '?')} (weights {d.get('weights', '?')}{dims})"
+
+    if not recorded:
+        warnings.warn(f"{path} records no model, so it cannot be told whether its heads were located on "
+                      f"{name(target)}; they fit its shape and are used as they are", stacklevel=3)
+    elif (recorded.get("model"), recorded.get("weights"), model_shape(recorded)) != (
+            target.get("model"), target.get("weights"), model_shape(target)):
+        warnings.warn(f"{path}: these heads were located on {name(recorded)} and are applied to {name(target)}; "
+                      "head numbers carry no meaning across models unless you reuse them on purpose", stacklevel=3)
 
 
 def _json_default(o):
@@ -241,32 +370,39 @@ def locate(
             zero-shot from ``spurious_logits [n, n_spurious]``; each group's spurious part is
             replaced by the prediction, see :func:`pseudo_groups`) or ``"full"`` (all images).
         spurious: ``[n]`` true spurious labels (needed by ``"pseudo"`` to rebuild the groups).
-        conflicting: the bias-conflicting group ids (default ``[1, 2]``, the Waterbirds layout
-            ``group = 2 * y + spurious``; see :data:`CONFLICTING_GROUPS` for other datasets).
+        conflicting: the bias-conflicting group ids, required by ``"true"`` and ``"pseudo"``;
+            the dataset states them: ``conflicting_groups(store)`` (:func:`conflicting_groups`).
         candidates: optional ``[n, k]`` per-image candidate classes.
         rule: ``"threshold"`` (difference > 1/K) or ``"topk"`` (``k`` largest differences).
         score: what ``"topk"`` ranks: ``"count"`` (``F_wrong - F_correct``, the paper's statistic)
             or ``"margin"`` (mean margin on wrong minus mean margin on correct images, a
             continuous variant that uses every image, not only its top head).
-        split, model, data: recorded in the selection for provenance.
+        split, model, data: recorded in the selection for provenance; ``model`` is a
+            ``LoadedModel`` or its ``describe()`` (name, weights fingerprint, shape), so that
+            :meth:`HeadSelection.load` can tell when the heads are applied to another model.
 
     Raises:
         LocateError: no bias-conflicting images, or no wrong (or no correct) predictions among them.
     """
     y = np.asarray(y)
+    if groups in ("true", "pseudo") and conflicting is None:
+        raise ValueError(f"groups={groups!r} needs the bias-conflicting group ids: pass "
+                         "conflicting=ltc.locate.conflicting_groups(store) (the dataset states them), or use groups='full'")
+    if hasattr(model, "describe"):
+        model = model.describe()
     m, pred, _ = margins(lens, y, candidates)
     correct = (pred.numpy() == y)
     if groups == "true":
         if group is None:
             raise ValueError("groups='true' needs the group labels (group=...)")
-        use = conflicting_mask(group, [1, 2] if conflicting is None else conflicting)
+        use = conflicting_mask(group, conflicting)
     elif groups == "pseudo":
         if spurious_logits is None:
             raise ValueError("groups='pseudo' needs spurious_logits [n, n_spurious] from spurious prompts")
         if group is None or spurious is None:
             raise ValueError("groups='pseudo' needs group and spurious (the true ones are replaced by predictions)")
         s_hat = spurious_logits.detach().cpu().argmax(1).numpy()
-        use = conflicting_mask(pseudo_groups(group, spurious, s_hat), [1, 2] if conflicting is None else conflicting)
+        use = conflicting_mask(pseudo_groups(group, spurious, s_hat), conflicting)
     elif groups == "full":
         use = np.ones(len(y), dtype=bool)
     else:
@@ -357,3 +493,88 @@ def choose_k(
     assert best is not None
     best.k_cap = k_cap
     return best, pd.DataFrame(rows)
+
+
+@dataclass
+class LocatedHeads:
+    """The locate step's selections: the one used downstream, the paper's 1/K rule, the group-free one.
+
+    Attributes:
+        selection: the heads the later notebooks correct (``rule`` of :func:`select_heads`).
+        paper: the paper's rule (frequency difference > 1/K), for the "threshold rule" rows.
+        full: located on all images without groups (the LTC-full row).
+        k_table: for ``rule="topk"``, the locate-split worst-group accuracy of each ``k`` tried.
+        reused_from: the heads file reused instead of locating (``heads_from``), or None.
+    """
+
+    selection: HeadSelection
+    paper: HeadSelection
+    full: HeadSelection
+    k_table: pd.DataFrame | None = None
+    reused_from: str | None = None
+
+    def save(self, heads_file: str | Path) -> list[Path]:
+        """Write ``heads_file`` (the selection; refused when it has no spurious head) and
+        ``heads_paper.json`` / ``heads_full.json`` beside it (these may be empty)."""
+        heads_file = Path(heads_file)
+        return [self.selection.save(heads_file),
+                self.paper.save(heads_file.with_name("heads_paper.json"), allow_empty=True),
+                self.full.save(heads_file.with_name("heads_full.json"), allow_empty=True)]
+
+    def score_map(self) -> np.ndarray:
+        """``[layer, head]`` the statistic that ranked the heads (the selection table's ``score``)."""
+        t = self.selection.table
+        if t is None:
+            raise ValueError("the selection has no per-head table (it was reused from a heads file)")
+        return t.pivot(index="layer", columns="head", values="score").sort_index().to_numpy()
+
+
+def select_heads(split, means: torch.Tensor, reference: str, *, rule: str = "topk", score: str = "margin",
+                 k_cap: int = 4, groups: str = "true", conflicting: Sequence[int] | None = None,
+                 spurious_logits: torch.Tensor | None = None, heads_from: str | Path | None = None,
+                 model: dict | None = None, data: dict | None = None, loaded_model=None) -> LocatedHeads:
+    """The workbook's selection recipe on the locate split: the paper's rule, ``topk`` with ``k`` chosen there, LTC-full.
+
+    With ``rule="topk"`` every ``k`` in ``1..k_cap`` is tried by mean-ablating its spurious heads
+    (``means`` from ``reference``) and scoring worst-group accuracy *on this split*; the best
+    ``k`` (ties: the smaller) is kept. The test split is never looked at.
+
+    Args:
+        split: the locate split (:class:`~ltcutils.evaluate.EvalSplit`).
+        means: ``[layer, head, d_embed]`` head means over ``split`` (:func:`ltcutils.correct.head_means`).
+        reference: the split's name (recorded in the selections).
+        rule, score, groups, conflicting, spurious_logits: see :func:`locate`.
+        k_cap: the largest ``k`` tried by ``topk``.
+        heads_from: a heads file to reuse instead (all three selections are then that file's).
+        model, data: provenance recorded in the selections.
+        loaded_model: the model the reused heads will edit (checked by :meth:`HeadSelection.load`).
+
+    Raises:
+        ValueError: an unknown ``rule``; LocateError: see :func:`locate`.
+    """
+    from .correct import Correction
+    from .evaluate import score as score_logits
+
+    if heads_from:
+        sel = HeadSelection.load(heads_from, model=loaded_model, layers=split.terms.layers)
+        return LocatedHeads(sel, sel, sel, None, str(heads_from))
+    if rule not in ("topk", "threshold"):
+        raise ValueError(f"rule must be 'topk' or 'threshold', got {rule!r}")
+    common = dict(groups=groups, conflicting=conflicting, spurious_logits=spurious_logits, spurious=split.spurious,
+                  candidates=split.candidates, split=reference, model=model, data=data)
+
+    def wg_after_ablation(sel: HeadSelection) -> float:
+        corr = Correction.mean_ablation(sel.spurious, means, split.terms.layers, reference)
+        return score_logits(split, split.logits(corr))["wg"]
+
+    paper = locate(split.lens, split.y, split.group, rule="threshold", **common)
+    k_table = None
+    if rule == "topk":
+        selection, k_table = choose_k(
+            lambda k: locate(split.lens, split.y, split.group, rule="topk", k=k, score=score, **common),
+            wg_after_ablation, k_cap=k_cap)
+    else:
+        selection = paper
+    full = locate(split.lens, split.y, split.group, **dict(common, groups="full"), rule=rule, k=selection.k,
+                  score=score if rule == "topk" else "count")
+    return LocatedHeads(selection, paper, full, k_table)

@@ -24,11 +24,21 @@ pair (``injection: {"landbird|waterbird": [[a, b], ...]}``) for many-class datas
 
 Users can point at their own file (``load_prompt_bank("/path/bank.yaml")``) or build a
 :class:`PromptBank` in code, e.g. from their own generator.
+
+Everything the methods take from the text tower (the zero-shot classifiers, the Ortho-Cali
+classifier, RoboShot's directions, the injection bases) comes from :func:`text_directions`;
+:func:`prepared_text` adds the spurious classifier and caches the lot on disk, keyed by the
+model's weights fingerprint and the bank's content hash (:func:`bank_hash`), so a workbook
+encodes each prompt bank once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,7 +49,9 @@ import yaml
 from .resources import data_path
 
 __all__ = ["PromptBank", "load_prompt_bank", "PROMPT_DIR", "zero_shot_classifier", "embed_prompts",
-           "pair_directions"]
+           "pair_directions", "text_directions", "bank_hash", "prepared_text", "text_cache_path", "TEXT_CACHE_VERSION"]
+
+log = logging.getLogger(__name__)
 
 PROMPT_DIR = data_path("prompts")
 
@@ -168,3 +180,183 @@ def pair_directions(model, pairs: Sequence[Pair]) -> torch.Tensor:
     a = model.encode_text([p[0] for p in pairs], normalize=False)
     b = model.encode_text([p[1] for p in pairs], normalize=False)
     return a - b
+
+
+def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: float = 1000.0) -> dict:
+    """Everything the text-based methods need, from a prompt bank.
+
+    Args:
+        model: anything with ``encode_text(texts, normalize=...)`` (a ``LoadedModel``).
+        bank: the prompt bank.
+        classifier: ``[d_embed, n_class]`` zero-shot classifier (:func:`zero_shot_classifier`),
+            debiased by Ortho-Cali.
+        lam: Ortho-Cali's calibration weight.
+
+    Returns:
+        a dict with ``ortho_classifier [d_embed, n_class]`` (None without Ortho-Cali prompts),
+        ``roboshot_reject`` / ``roboshot_accept [k, d_embed]`` (None when the bank has no
+        pairs), ``injection_basis [r, d_embed]`` (orthonormal; None without a plain list of
+        injection pairs) and ``injection_keyed`` (``{"classA|classB": basis}`` for banks keyed
+        by class pair, else None; per-image bases: :func:`ltcutils.correct.concept_bases`).
+        Tensors are on the CPU.
+    """
+    import warnings
+    from itertools import combinations
+
+    from .baselines import ortho_cali
+    from .correct import orthonormal_basis
+
+    out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
+    classifier = classifier.cpu()
+    keyed = [k for k in ("roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
+    if keyed:
+        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; RoboShot with per-image directions "
+                      "is not implemented, so RoboShot is left out of the table", stacklevel=2)
+    out["injection_keyed"] = None
+    if isinstance(bank.injection, dict) and bank.injection:
+        out["injection_keyed"] = {key: orthonormal_basis(pair_directions(model, pairs).cpu())
+                                  for key, pairs in bank.injection.items() if pairs}
+    if bank.ortho_spurious and bank.ortho_candidates:
+        spur = model.encode_text(bank.ortho_spurious)
+        zi, zj = [], []
+        for prompts in bank.ortho_candidates.values():
+            emb = model.encode_text(prompts)
+            for a, b in combinations(range(len(prompts)), 2):
+                zi.append(emb[a])
+                zj.append(emb[b])
+        if zi:
+            out["ortho_classifier"] = ortho_cali(classifier, spur.cpu(), (torch.stack(zi).cpu(), torch.stack(zj).cpu()),
+                                                 lam=lam)
+    if isinstance(bank.roboshot_reject, list) and bank.roboshot_reject:
+        out["roboshot_reject"] = pair_directions(model, bank.roboshot_reject).cpu()
+    if isinstance(bank.roboshot_accept, list) and bank.roboshot_accept:
+        out["roboshot_accept"] = pair_directions(model, bank.roboshot_accept).cpu()
+    if isinstance(bank.injection, list) and bank.injection:
+        out["injection_basis"] = orthonormal_basis(pair_directions(model, bank.injection).cpu())
+    return out
+
+
+# ----------------------------------------------------------------------------- on-disk cache
+
+#: bump when what :func:`prepared_text` computes changes (old cache files are then recomputed)
+TEXT_CACHE_VERSION = 1
+_KEYED = "injection_keyed/"
+_PLAIN = ("classifier", "spurious_classifier", "ortho_classifier", "roboshot_reject", "roboshot_accept",
+          "injection_basis")
+
+
+def bank_hash(bank: PromptBank) -> str:
+    """SHA-256 (16 hex digits) of a bank's content: every prompt and pair, not its file path or layout.
+
+    Example::
+
+        >>> a = PromptBank.from_dict({"dataset": "d", "class_names": ["x", "y"]}, source="a.yaml")
+        >>> b = PromptBank.from_dict({"dataset": "d", "class_names": ["x", "y"]}, source="b.yaml")
+        >>> bank_hash(a) == bank_hash(b), bank_hash(a) == bank_hash(PromptBank.from_dict({"dataset": "d", "class_names": ["y", "x"]}))
+        (True, False)
+    """
+    content = {k: v for k, v in asdict(bank).items() if k != "source"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def text_cache_path(cache_dir: str | Path, model, bank: PromptBank, lam: float = 1000.0) -> Path | None:
+    """Where :func:`prepared_text` keeps a model's tensors for a bank; None for unidentified weights.
+
+    The name holds the model name, its weights fingerprint (the whole of it, hashed), the bank's
+    content hash and ``lam``. Models whose fingerprint is the bare ``"random"`` (weights that
+    are not identified) get no cache file: two of them could not be told apart.
+    """
+    fp = str(getattr(model, "fingerprint", "") or "")
+    if not fp or fp == "random":
+        return None
+    weights = hashlib.sha256(fp.encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model.name)).strip("_") or "model"
+    return Path(cache_dir) / "text" / name / f"{weights}-{bank_hash(bank)}-lam{lam:g}.safetensors"
+
+
+def _cache_meta(model, bank: PromptBank, lam: float) -> dict[str, str]:
+    return {"format": "ltc-text-cache", "version": str(TEXT_CACHE_VERSION), "model": str(model.name),
+            "weights": str(model.fingerprint), "bank": bank_hash(bank), "lam": repr(float(lam))}
+
+
+def _compute_text(model, bank: PromptBank, lam: float) -> dict:
+    classifier = zero_shot_classifier(model, bank).float().cpu()
+    out = {"classifier": classifier,
+           "spurious_classifier": (zero_shot_classifier(model, bank, spurious=True).float().cpu()
+                                   if bank.spurious_names else None)}
+    out.update(text_directions(model, bank, classifier, lam=lam))
+    return out
+
+
+def _write_text_cache(path: Path, text: dict, meta: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    from .store import atomic_write
+
+    tensors = {k: text[k].detach().float().cpu().contiguous() for k in _PLAIN if text.get(k) is not None}
+    keyed = text.get("injection_keyed") or {}
+    tensors.update({_KEYED + k: v.detach().float().cpu().contiguous() for k, v in keyed.items()})
+    meta = dict(meta, keyed=json.dumps(list(keyed)), has_keyed=str(text.get("injection_keyed") is not None))
+    atomic_write(path, save(tensors, metadata=meta))
+
+
+def _read_text_cache(path: Path, meta: dict[str, str], bank: PromptBank) -> dict:
+    """The cached dict, or ValueError saying what is wrong with the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            got = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # torn, truncated or foreign files
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    wrong = {k: (got.get(k), v) for k, v in meta.items() if got.get(k) != v}
+    if wrong:
+        raise ValueError(f"made for other inputs: {wrong}")
+    keyed_names = json.loads(got.get("keyed", "[]"))
+    expected = {k for k in tensors if not k.startswith(_KEYED)} | {_KEYED + k for k in keyed_names}
+    if "classifier" not in tensors or set(tensors) != expected:
+        raise ValueError(f"incomplete: holds {sorted(tensors)}")
+    W = tensors["classifier"]
+    if W.dim() != 2 or W.shape[1] != len(bank.class_names):
+        raise ValueError(f"classifier has shape {tuple(W.shape)}, expected [d_embed, {len(bank.class_names)}]")
+    if any(t.shape[-1 if k.startswith(("roboshot", "injection")) else 0] != W.shape[0] for k, t in tensors.items()):
+        raise ValueError("tensors disagree on d_embed")
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise ValueError("holds non-finite values")
+    out: dict = {k: tensors.get(k) for k in _PLAIN}
+    out["injection_keyed"] = ({k: tensors[_KEYED + k] for k in keyed_names} if got.get("has_keyed") == "True"
+                              else None)
+    return out
+
+
+def prepared_text(model, bank: PromptBank, cache_dir: str | Path | None = None, lam: float = 1000.0) -> dict:
+    """The classifiers and text directions of ``bank`` for ``model``, cached on disk.
+
+    Args:
+        model: a ``LoadedModel`` (its ``fingerprint`` identifies the weights).
+        bank: the prompt bank.
+        cache_dir: folder of the cache (files under ``<cache_dir>/text/``); None: no cache.
+        lam: Ortho-Cali's calibration weight.
+
+    Returns:
+        :func:`text_directions`' dict plus ``classifier [d_embed, n_class]`` and
+        ``spurious_classifier [d_embed, n_spurious]`` (None when the bank names no spurious
+        values); CPU float32 tensors, equal to computing them afresh.
+
+    A cache file is read only if its metadata names the same model, weights, bank content, lam
+    and cache version and its tensors have the bank's shapes; otherwise (or when unreadable) it
+    is recomputed and replaced atomically, with a log message saying why.
+    """
+    path = None if cache_dir is None else text_cache_path(cache_dir, model, bank, lam)
+    if path is None:
+        return _compute_text(model, bank, lam)
+    meta = _cache_meta(model, bank, lam)
+    if path.is_file():
+        try:
+            return _read_text_cache(path, meta, bank)
+        except ValueError as exc:
+            log.warning("text cache %s is %s; recomputing it", path, exc)
+    text = _compute_text(model, bank, lam)
+    _write_text_cache(path, text, meta)
+    return text

@@ -126,15 +126,49 @@ def test_per_image_concept_bases(tiny, cached):
         DebiasedEncoder(tiny, corr)(px)
 
 
-def test_concept_bases_from_candidates():
-    import warnings
+def test_concept_bases_from_candidates_or_logits():
+    from ltcutils.correct import concept_bases
 
+    keyed = {"nurse|surgeon": torch.eye(2, 4), "pilot|nurse": torch.eye(1, 4)}
+    names = ["nurse", "surgeon", "chef"]
+    with pytest.warns(UserWarning, match="2 of 4 images have no concept pairs"):
+        cb = concept_bases(keyed, names, candidates=np.array([[0, 1], [1, 0], [2, 0], [0, 2]]))
+    assert cb.index.tolist() == [0, 0, -1, -1] and cb.keys == ["nurse|surgeon", "pilot|nurse"]
+    # without candidates: each image's two highest classes (CounterAnimal's label-free pairs)
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    with pytest.warns(UserWarning, match="1 of 2 images"):
+        assert concept_bases(keyed, names, logits=logits).index.tolist() == [0, -1]
+    with pytest.raises(ValueError, match="two candidate classes"):
+        concept_bases(keyed, names, candidates=np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="pass candidates"):
+        concept_bases(keyed, names)
+
+
+def test_evaluate_concept_bases_is_a_deprecated_alias():
     from ltcutils.evaluate import EvalSplit, concept_bases
 
-    split = EvalSplit(lens=None, terms=None, y=np.array([0, 1, 2, 0]), group=np.zeros(4, int), group_names=["g"],
-                      candidates=np.array([[0, 1], [1, 0], [2, 0], [0, 2]]))
-    keyed = {"nurse|surgeon": torch.eye(2, 4), "pilot|nurse": torch.eye(1, 4)}
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        cb = concept_bases(split, ["nurse", "surgeon", "chef"], keyed)
-    assert cb.index.tolist() == [0, 0, -1, -1] and "2 of 4 images" in str(w[0].message)
+    split = EvalSplit(lens=None, terms=None, y=np.array([0, 1]), group=np.zeros(2, int), group_names=["g"],
+                      candidates=np.array([[0, 1], [1, 0]]))
+    with pytest.warns(DeprecationWarning, match="moved to ltc.correct.concept_bases"):
+        cb = concept_bases(split, ["nurse", "surgeon"], {"nurse|surgeon": torch.eye(2, 4)})
+    assert cb.index.tolist() == [0, 0]
+
+
+def test_roboshot_accept_and_reject_are_paper_injection():
+    """One operation: RoboShot's steps are inject(renormalize=True) with strength +1 / -1 on unit vectors."""
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    rej = orthonormal_basis(torch.randn(2, 6, generator=g)).double()
+    acc = orthonormal_basis(torch.randn(1, 6, generator=g)).double()
+    x = torch.nn.functional.normalize(emb, dim=1)
+    # by hand, one step: x <- normalise(x + s cos(x, q) q)
+    manual = x.clone()
+    for s, Q in ((-1.0, rej), (1.0, acc)):
+        for q in Q:
+            manual = torch.nn.functional.normalize(manual + s * (manual @ q)[:, None] * q, dim=1)
+    via_inject = inject(inject(x, rej, strength=-1.0), acc, strength=1.0)
+    assert via_inject.dtype == torch.float64  # float64 in, float64 out (RoboShot's precision)
+    assert torch.allclose(via_inject, manual, atol=1e-12)
+    assert torch.allclose(ltc.baselines.roboshot(emb, rej, acc).double(), manual, atol=1e-6)
+    # after the reject step nothing is left along the rejected span
+    assert (inject(x, rej, strength=-1.0) @ rej.T).abs().max() < 1e-6  # the basis is float32-orthonormal

@@ -74,16 +74,16 @@ def test_threshold_rule_by_hand():
 
 def test_topk_and_pseudo_groups_and_roundtrip(tmp_path):
     lens, y, g = _benchmark()
-    sel = locate(lens, y, g, rule="topk", k=2)
+    sel = locate(lens, y, g, rule="topk", k=2, conflicting=[1, 2])
     assert sel.spurious == [(1, 1)]  # only heads with a positive difference
     s_logits = torch.zeros(len(y), 2)
     s_logits[np.arange(len(y)), g % 2] = 1  # a perfect spurious classifier gives the true groups
-    pseudo = locate(lens, y, g, groups="pseudo", spurious_logits=s_logits, spurious=g % 2)
+    pseudo = locate(lens, y, g, groups="pseudo", spurious_logits=s_logits, spurious=g % 2, conflicting=[1, 2])
     assert pseudo.spurious == [(1, 1)] and pseudo.groups == "pseudo"
     # a predictor that flips every spurious label turns conflicting into aligned images
     # (the 5 aligned images, all correctly classified, then form the set: nothing to contrast)
     with pytest.raises(LocateError, match="no wrong predictions on the 5 bias-conflicting"):
-        locate(lens, y, g, groups="pseudo", spurious_logits=1 - s_logits, spurious=g % 2)
+        locate(lens, y, g, groups="pseudo", spurious_logits=1 - s_logits, spurious=g % 2, conflicting=[1, 2])
     # groups of any layout group = base + spurious: swap in the predicted label
     assert pseudo_groups(np.array([10, 11, 3]), np.array([0, 1, 1]), np.array([1, 0, 1])).tolist() == [11, 10, 3]
     p = sel.save(tmp_path / "heads.json")
@@ -95,20 +95,94 @@ def test_topk_and_pseudo_groups_and_roundtrip(tmp_path):
 def test_clear_errors():
     lens, y, g = _benchmark()
     with pytest.raises(LocateError, match="no wrong predictions"):
-        locate(lens.take(slice(4, 13)), y[4:], g[4:])
+        locate(lens.take(slice(4, 13)), y[4:], g[4:], conflicting=[1, 2])
     with pytest.raises(LocateError, match="no bias-conflicting images"):
-        locate(lens.take(slice(8, 13)), y[8:], g[8:])
+        locate(lens.take(slice(8, 13)), y[8:], g[8:], conflicting=[1, 2])
     with pytest.raises(ValueError, match="needs k"):
-        locate(lens, y, g, rule="topk")
-    with pytest.raises(LocateError, match="no bias-conflicting groups are defined for 'fairface'"):
-        conflicting_groups("fairface")
-    assert conflicting_groups("celeba") == [0, 3]
+        locate(lens, y, g, rule="topk", conflicting=[1, 2])
+    # no silent [1, 2]: the dataset has to say which groups conflict
+    with pytest.raises(ValueError, match="needs the bias-conflicting group ids"):
+        locate(lens, y, g)
 
 
 def test_choose_k_prefers_smallest_best():
     lens, y, g = _benchmark()
-    pick = lambda k: locate(lens, y, g, rule="topk", k=k)  # noqa: E731
+    pick = lambda k: locate(lens, y, g, rule="topk", k=k, conflicting=[1, 2])  # noqa: E731
     best, table = choose_k(pick, lambda s: -abs(s.k - 2), 4)
     assert best.k == 2 and best.k_cap == 4 and table.score.tolist() == [-1, 0, -1, -2]
     tie, _ = choose_k(pick, lambda s: 1.0, 3)
     assert tie.k == 1
+
+
+# ----------------------------------------------------------------- bias-conflicting groups come from the dataset
+
+
+def test_conflicting_groups_follow_celeba_attributes(tmp_path):
+    """Before: a table said [0, 3] for any CelebA attributes. Now the loader computes them."""
+    from fixtures_real import make_celeba
+    from ltcutils.datasets.celeba import load_celeba
+
+    root = make_celeba(tmp_path / "celeba")
+    # fabricated rows, counted by hand (all 12): (Blond_Hair, Eyeglasses) n00=4 n01=2 n10=3 n11=3 -> 9 - 6 > 0
+    assert load_celeba("test", root, target="Blond_Hair", spurious="Eyeglasses").conflicting_groups == [1, 2]
+    # (Eyeglasses, Male) n00=3 n01=4 n10=3 n11=2 -> 6 - 12 < 0: no glasses/female and glasses/male conflict
+    ds = load_celeba("val", root, target="Eyeglasses", spurious="Male")
+    assert ds.conflicting_groups == [0, 3] and conflicting_groups(ds) == [0, 3]
+    # (Blond_Hair, Male) here: 3 images in each group, no association, nothing conflicts
+    flat = load_celeba("test", root)
+    assert flat.conflicting_groups is None
+    with pytest.raises(LocateError, match="celeba defines no bias-conflicting groups; pass conflicting"):
+        conflicting_groups(flat)
+    with pytest.warns(DeprecationWarning), pytest.raises(LocateError, match="depend on how it is loaded"):
+        conflicting_groups("celeba")  # a name cannot say which attributes
+
+
+def test_real_celeba_counts_give_the_known_groups():
+    from ltcutils.datasets.celeba import EXPECTED_GROUP_SIZES
+    from ltcutils.datasets.registry import conflicting_by_correlation
+
+    n = np.sum([EXPECTED_GROUP_SIZES[s] for s in ("train", "val", "test")], axis=0)  # groups 0..3
+    g = np.repeat(np.arange(4), n)
+    # blond goes with female: 1749 * 89931 < 28234 * 82685, so non-blond women and blond men conflict
+    assert conflicting_by_correlation(g // 2, g % 2) == [0, 3]
+
+
+def test_each_loader_states_its_conflicting_groups(tmp_path):
+    from fixtures_real import make_counteranimal, make_fairface, make_waterbirds
+    from ltcutils.datasets.registry import load_dataset
+
+    assert conflicting_groups(load_dataset("synthetic", "val", n_per_group=2)) == [1, 2]
+    assert conflicting_groups(load_dataset("waterbirds", "test", make_waterbirds(tmp_path / "wb"))) == [1, 2]
+    assert conflicting_groups(load_dataset("counteranimal", "counter", make_counteranimal(tmp_path / "ca"))) == [1]
+    ff = load_dataset("fairface", "val", make_fairface(tmp_path / "ff"))
+    # before: "no bias-conflicting groups are defined for 'fairface'" and nothing said what to do
+    with pytest.raises(LocateError, match="no class label.*locate the heads on another dataset.*heads_from"):
+        conflicting_groups(ff)
+
+
+def test_store_meta_records_them_and_old_stores_recompute(tiny, tmp_path):
+    import ltcutils as ltc
+    from ltcutils.datasets.synthetic import make_split
+
+    ds = make_split("val", n_per_group=2)
+    store = ltc.store.capture(tiny, ds, tmp_path, progress=False)
+    assert store.meta["conflicting_groups"] == [1, 2]
+    split = ltc.evaluate.EvalSplit.from_store(store, torch.nn.functional.normalize(torch.randn(64, 2), dim=0))
+    assert split.conflicting_groups() == [1, 2] and conflicting_groups(store) == [1, 2]
+    old = {k: v for k, v in store.meta.items() if k != "conflicting_groups"}  # a store written before the key
+    assert conflicting_groups(old) == [1, 2]  # recomputed from the synthetic definition, not defaulted
+    lost = dict(old, dataset="fake")  # a dataset that cannot be loaded again: a clear error, no guess
+    with pytest.raises(ValueError, match="written before stores recorded their bias-conflicting groups"):
+        conflicting_groups(lost)
+    hand = ltc.evaluate.EvalSplit(split.lens, split.terms, split.y, split.group, split.group_names)
+    with pytest.raises(LocateError, match="not built from a store"):
+        conflicting_groups(hand)
+
+
+def test_deprecated_name_form_still_answers_where_options_do_not_matter():
+    with pytest.warns(DeprecationWarning):
+        assert conflicting_groups("waterbirds") == [1, 2]
+    with pytest.warns(DeprecationWarning):
+        assert conflicting_groups("synthetic") == [1, 2]
+    with pytest.warns(DeprecationWarning), pytest.raises(LocateError, match="fairface defines no"):
+        conflicting_groups("fairface")

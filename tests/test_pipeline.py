@@ -25,9 +25,10 @@ def _run(ex):
         return ltc.evaluate.score(val_split, ltc.correct.corrected_logits(val_split.lens, c, ref.terms))["wg"]
 
     sel, _ = ltc.locate.choose_k(
-        lambda k: ltc.locate.locate(val_split.lens, val_split.y, val_split.group, rule="topk", k=k, score="margin"),
+        lambda k: ltc.locate.locate(val_split.lens, val_split.y, val_split.group, rule="topk", k=k, score="margin",
+                                    conflicting=val_split.conflicting_groups()),
         wg, k_cap=4)
-    text = ltc.evaluate.text_directions(ex.model, ex.bank, W)
+    text = ltc.text.text_directions(ex.model, ex.bank, W)
     table, details = ltc.evaluate.methods_table(split, sel, means, "val", basis=text["injection_basis"],
                                                 renormalize=False, n_random=20, n_boot=200, seed=0)
     return sel, table, details

@@ -52,6 +52,9 @@ class GroupDataset:
         candidates: optional ``[n, k]`` global class indices per image.
         extra: further per-image label arrays (e.g. "place", "occupation", "age").
         info: JSON-able description of where the data came from (root, parameters).
+        conflicting_groups: the bias-conflicting group ids (where the spurious attribute points to
+            another class than the true one), set by each loader from its own label convention;
+            None where the dataset defines none (``ltcutils.locate`` then asks for them).
     """
 
     name: str
@@ -67,9 +70,16 @@ class GroupDataset:
     candidates: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    conflicting_groups: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        if self.conflicting_groups is not None:
+            self.conflicting_groups = sorted(int(g) for g in self.conflicting_groups)
+            bad = [g for g in self.conflicting_groups if not 0 <= g < len(self.group_names)]
+            if bad:
+                raise DatasetError(f"{self.name}/{self.split}: conflicting_groups {bad} are not group ids "
+                                   f"0..{len(self.group_names) - 1}")
         for key in ("y", "spurious", "group"):
             arr = np.asarray(getattr(self, key), dtype=np.int64)
             if arr.shape != (n,):
@@ -100,6 +110,7 @@ class GroupDataset:
             self.group[idx], self.group_names, parent, [self.ids[i] for i in idx],
             None if self.candidates is None else self.candidates[idx],
             {k: v[idx] for k, v in self.extra.items()}, dict(self.info, subset=len(idx)),
+            conflicting_groups=self.conflicting_groups,
         )
 
     def fingerprint(self) -> str:

@@ -6,7 +6,12 @@ Label conventions:
 * ``spurious = 1`` where the *spurious* attribute is +1 (default ``Male``), else 0. With the
   default this is the workbook's gender convention: 0 female, 1 male.
 * ``group = 2 * y + spurious``; with the defaults 0 not blond/female, 1 not blond/male,
-  2 blond/female, 3 blond/male. The bias-conflicting (rare) group is blond/male.
+  2 blond/female, 3 blond/male. The rarest group is blond/male.
+* ``conflicting_groups`` follow the chosen pair: the groups where the spurious attribute
+  points to the other class, from the sign of the two attributes' association over the whole
+  annotation file (:func:`~ltcutils.datasets.registry.conflicting_by_correlation`). With the
+  defaults blond hair goes with female, so they are ``[0, 3]`` (non-blond women, blond men);
+  for ``target="Smiling"`` they are whatever that pair's association says.
 
 Any two of the 40 attribute names can be chosen (``target=``, ``spurious=``); other attributes
 can be carried along in ``extra`` (``extra_attributes=``, as 0/1 arrays).
@@ -21,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from .base import DatasetError, GroupDataset
-from .registry import build, check_split, dataset_root, meta_error, require_dir, require_file
+from .registry import build, check_split, conflicting_by_correlation, dataset_root, meta_error, require_dir, require_file
 
 __all__ = ["load_celeba", "ATTRIBUTES", "EXPECTED_SIZES", "EXPECTED_GROUP_SIZES"]
 
@@ -178,4 +183,5 @@ def load_celeba(
         extra={a: (vals[rows, j] == 1).astype(np.int64) for a, j in extra_idx.items()},
         info={"root": str(root_p), "source": "celeba img_align_celeba", "target": target, "spurious": spurious},
         skip_bad=skip_bad, expected=EXPECTED_SIZES[split],
+        conflicting_groups=conflicting_by_correlation((vals[:, t] == 1).astype(np.int64), (vals[:, s] == 1).astype(np.int64)),
     )

@@ -39,6 +39,8 @@ __all__ = ["load_counteranimal", "imagenet_class_names", "IMAGENET_CLASSES_FILE"
 
 SPLITS = ("common", "counter", "all")
 SPURIOUS_NAMES = ["common", "counter"]
+#: bias-conflicting groups: the counter backgrounds
+CONFLICTING_GROUPS = [1]
 IMAGENET_CLASSES_FILE = data_path("imagenet_classes.txt")
 _CLASS_DIR = re.compile(r"^(\d+)[ _](.+)$")
 
@@ -152,5 +154,5 @@ def load_counteranimal(
         extra={"background": np.array([bg_index[b] for b in bg], dtype=np.int64)},
         info={"root": str(root_p), "source": "CounterAnimal", "classes": sorted(classes),
               "background_names": names},
-        skip_bad=skip_bad,
+        skip_bad=skip_bad, conflicting_groups=CONFLICTING_GROUPS,
     )

@@ -15,6 +15,9 @@ Label conventions:
 * ``extra["age"]``: index into :data:`AGE_BINS` (9 bins); ``extra["race"]``: index into
   :data:`RACES` (7); ``extra["service_test"]``: 1 where the CSV's ``service_test`` is True
   (only when that column exists).
+* ``conflicting_groups`` is None: with no class to predict there are no bias-conflicting
+  groups, so heads cannot be located on FairFace. Locate them on a gender benchmark with a class
+  (GenderBias, or CelebA) and reuse that heads file here (notebook 02's ``heads_from``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .registry import build, check_split, dataset_root, meta_error, open_csv, re
 __all__ = ["load_fairface", "CONCEPTS", "AGE_BINS", "RACES", "GENDERS", "EXPECTED_SIZES"]
 
 SPLITS = ("train", "val")
+#: no bias-conflicting groups without a class label (see the module docstring)
+CONFLICTING_GROUPS = None
 #: The ten concepts of the retrieval-bias probe, in the order of the prompt bank.
 CONCEPTS = ["good", "evil", "smart", "dumb", "attractive", "unattractive", "lawful", "criminal", "friendly",
             "unfriendly"]

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
 SPURIOUS_NAMES = ["female", "male"]
+#: bias-conflicting groups: men in female-dominated jobs, women in male-dominated ones
+CONFLICTING_GROUPS = [1, 2]
 GROUP_NAMES = ["female-dominated job/female", "female-dominated job/male",
                "male-dominated job/female", "male-dominated job/male"]
 PAIR_COLUMNS = ("job_male", "job_female", "job_male_ratio", "job_female_ratio")
@@ -308,5 +310,5 @@ def load_genderbias(
         info={"root": str(root_p), "source": "GenderBias-VL xl_generate_base", "pairs_csv": str(pairs_p),
               "occupations": chosen, "val_occupations": val,
               "skipped_missing_gender": no_gender, "skipped_no_pair": no_pair, "unusable_val": unusable_val},
-        skip_bad=skip_bad,
+        skip_bad=skip_bad, conflicting_groups=CONFLICTING_GROUPS,
     )

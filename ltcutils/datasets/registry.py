@@ -36,7 +36,8 @@ from PIL import Image
 
 from .base import DatasetError, GroupDataset
 
-__all__ = ["DATASETS", "FOLDERS", "DATA_ENV", "load_dataset", "dataset_root", "describe"]
+__all__ = ["DATASETS", "FOLDERS", "DATA_ENV", "load_dataset", "dataset_root", "describe", "conflicting_by_correlation",
+           "conflicting_groups_from_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,13 @@ def build(
     info: dict[str, Any] | None = None,
     skip_bad: bool = False,
     expected: int | None = None,
+    conflicting_groups: Sequence[int] | None = None,
 ) -> GroupDataset:
-    """Assemble a GroupDataset over ``root / rel_paths``, dropping missing files if ``skip_bad``."""
+    """Assemble a GroupDataset over ``root / rel_paths``, dropping missing files if ``skip_bad``.
+
+    ``conflicting_groups`` is the loader's own statement of its bias-conflicting groups (see
+    :attr:`GroupDataset.conflicting_groups`).
+    """
     extra = dict(extra or {})
     info = dict(info or {})
     paths = [root / r for r in rel_paths]
@@ -282,5 +288,67 @@ def build(
         name=name, split=split, class_names=list(class_names), spurious_names=list(spurious_names),
         y=y, spurious=spurious, group=group, group_names=list(group_names),
         load_image=_ImageLoader(paths, name), ids=list(rel_paths), candidates=candidates,
-        extra=extra, info=info,
+        extra=extra, info=info, conflicting_groups=None if conflicting_groups is None else list(conflicting_groups),
     )
+
+
+def conflicting_by_correlation(y: np.ndarray, spurious: np.ndarray) -> list[int] | None:
+    """Bias-conflicting groups of two binary labels with ``group = 2 * y + spurious``, from their correlation.
+
+    The spurious attribute "points to" the class it co-occurs with more often than chance; a
+    group is bias-conflicting when it points to the other class. With ``n_ys`` the count of
+    ``(y, spurious)``: ``n_11 n_00 > n_10 n_01`` (positive association) gives ``[1, 2]``
+    (Waterbirds' layout), a negative one gives ``[0, 3]`` (CelebA blond hair vs male: blond
+    goes with female, so non-blond women and blond men conflict), no association gives None.
+
+    Example:
+
+        >>> conflicting_by_correlation(np.array([0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 0]))
+        [1, 2]
+        >>> conflicting_by_correlation(np.array([0, 0, 1, 1, 1]), np.array([1, 1, 0, 0, 1]))
+        [0, 3]
+
+    Raises:
+        DatasetError: labels that are not 0/1 or of different lengths.
+    """
+    y, s = np.asarray(y, dtype=np.int64), np.asarray(spurious, dtype=np.int64)
+    if y.shape != s.shape or y.ndim != 1 or not (np.isin(y, (0, 1)).all() and np.isin(s, (0, 1)).all()):
+        raise DatasetError("conflicting_by_correlation needs two [n] arrays of 0/1 labels of equal length")
+    n = np.bincount(2 * y + s, minlength=4).astype(np.int64)
+    assoc = int(n[3]) * int(n[0]) - int(n[2]) * int(n[1])
+    if assoc == 0:
+        return None
+    return [1, 2] if assoc > 0 else [0, 3]
+
+
+def conflicting_groups_from_meta(meta: dict[str, Any]) -> list[int] | None:
+    """The conflicting groups of the dataset a store was made from, recomputed from its definition.
+
+    For stores written before their meta recorded ``conflicting_groups``: the split is loaded
+    again through its loader (the root and the loader options recorded in
+    ``meta["dataset_info"]``) and its own ``conflicting_groups`` returned.
+
+    Raises:
+        DatasetError: the dataset can no longer be loaded (the message names the store's
+            dataset and says how to proceed).
+    """
+    import inspect
+
+    name, split = meta.get("dataset"), meta.get("split")
+    info = dict(meta.get("dataset_info") or {})
+    try:
+        if name == "synthetic":
+            from .synthetic import make_split as loader
+            root = None
+        else:
+            loader = getattr(importlib.import_module(f".{name}", __package__), f"load_{name}")
+            root = info.get("root")
+        params = set(inspect.signature(loader).parameters) - {"split", "root", "skip_bad"}
+        kw = {k: v for k, v in info.items() if k in params}
+        ds = load_dataset(str(name), str(split), root=root, **kw)
+    except (DatasetError, ImportError, AttributeError, TypeError, OSError) as exc:
+        raise DatasetError(
+            f"this store of {name}/{split} was written before stores recorded their bias-conflicting groups, and "
+            f"the dataset cannot be loaded to recompute them ({exc}); pass conflicting=[...] explicitly, or "
+            "recapture the store (rebuild=True)") from exc
+    return ds.conflicting_groups

@@ -533,6 +533,7 @@ def make_split(
         ids=[str(s) for s in seed_list], extra={"species": lab["species"], "item_seed": seeds.copy()},
         info={"generator": "ltcutils.datasets.synthetic", "version": 1, "split": split, "seed": int(seed),
               "group_counts": [int(c) for c in counts]},
+        conflicting_groups=[1, 2],  # landbird on water, waterbird on land
     )
 
 

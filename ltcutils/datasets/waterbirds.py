@@ -34,6 +34,8 @@ _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 CLASS_NAMES = ["landbird", "waterbird"]
 SPURIOUS_NAMES = ["land", "water"]
 GROUP_NAMES = ["landbird on land", "landbird on water", "waterbird on land", "waterbird on water"]
+#: bias-conflicting groups: landbirds on water, waterbirds on land
+CONFLICTING_GROUPS = [1, 2]
 PLACE_CATEGORIES = ("bamboo_forest", "forest/broadleaf", "ocean", "lake/natural")
 COLUMNS = ("img_id", "img_filename", "y", "split", "place", "place_filename")
 #: Sizes of the standard ``waterbird_complete95_forest2water2`` release.
@@ -129,5 +131,5 @@ def load_waterbirds(
         extra={"place_category": np.array([cat_index[r[5]] for r in mine], dtype=np.int64)},
         info={"root": str(root_p), "source": "waterbird_complete95_forest2water2", "metadata": "metadata.csv",
               "place_category_names": categories},
-        skip_bad=skip_bad, expected=EXPECTED_SIZES[split],
+        skip_bad=skip_bad, expected=EXPECTED_SIZES[split], conflicting_groups=CONFLICTING_GROUPS,
     )

@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..decompose import head_label
+from ..heads import Head, head_label, parse_heads
 from .attributions import shapley_values
-
-Head = tuple[int, int]
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -179,9 +177,7 @@ def plot_scores_vs_oracle(
 
 
 def _parse_heads(hs: Sequence) -> list[Head]:
-    from ..locate import parse_head
-
-    return [parse_head(h) for h in hs]
+    return parse_heads(hs)
 
 
 def ablation_importance(

@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..decompose import head_label
+from ..heads import Head, head_label
 from ..resources import data_path
-
-Head = tuple[int, int]
 
 
 #: where the shipped text pools live (``general.txt``, ``synthetic.txt``)
