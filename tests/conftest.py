@@ -13,6 +13,14 @@ from PIL import Image  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Shape annotations (jaxtyping) are enforced at test time only: the import hook wraps every
+# function and dataclass of these modules with beartype when they are first imported, which is
+# after this file runs. Add a module here once its public tensor functions are annotated.
+TYPECHECKED_MODULES = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations"]
+from jaxtyping import install_import_hook  # noqa: E402
+
+install_import_hook(TYPECHECKED_MODULES, "beartype.beartype")
+
 
 @pytest.fixture(scope="session")
 def tiny():

@@ -26,8 +26,13 @@ def test_real_architectures_match_open_clip_and_decompose_exactly(real_arch):
     assert errs["rel_err_raw"] < 1e-5 and errs["rel_err_normalized"] < 1e-5
 
 
+def _tiny_px(tiny, n):
+    s = tiny.hooked.cfg.image_size
+    return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(n))
+
+
 def test_tiny_matches_open_clip(tiny):
-    px = torch.randn(4, 3, 64, 64)
+    px = _tiny_px(tiny, 4)
     ref = tiny.clip.encode_image(px)
     assert _rel(tiny.hooked(px), ref) < 1e-5
     assert torch.allclose(tiny.hooked(px, normalize=True).norm(dim=-1), torch.ones(4))
@@ -45,7 +50,7 @@ def test_layerscale_and_quickgelu_are_handled():
         blk.ls_1.gamma.data.uniform_(0.2, 2.0)
         blk.ls_2.gamma.data.uniform_(0.2, 2.0)
     hooked = HookedViT.from_open_clip(clip)
-    assert hooked.cfg.layer_scale and hooked.cfg.act == "quick_gelu" and hooked.cfg.heads == 4
+    assert hooked.cfg.layer_scale and hooked.cfg.act == "quick_gelu" and hooked.cfg.n_heads == 4
     px = torch.randn(3, 3, 32, 32)
     errs = check_decomposition(clip, hooked, px)
     assert max(errs.values()) < 1e-5
@@ -56,23 +61,23 @@ def test_layerscale_and_quickgelu_are_handled():
 
 
 def test_run_with_cache_names_and_shapes(tiny):
-    px = torch.randn(2, 3, 64, 64)
+    px = _tiny_px(tiny, 2)
     out, cache = tiny.hooked.run_with_cache(px)
     cfg = tiny.hooked.cfg
-    assert cache["blocks.0.attn.hook_z"].shape == (2, cfg.n_pos, cfg.heads, cfg.d_head)
-    assert cache["blocks.3.hook_mlp_out"].shape == (2, cfg.n_pos, cfg.width)
+    assert cache["blocks.0.attn.hook_z"].shape == (2, cfg.n_pos, cfg.n_heads, cfg.d_head)
+    assert cache["blocks.3.hook_mlp_out"].shape == (2, cfg.n_pos, cfg.d_model)
     assert cache["ln_post.hook_scale"].shape == (2, 1)
     # pattern and per-head results are computed when hooked, and agree with the fused path
-    assert cache["blocks.1.attn.hook_pattern"].shape == (2, cfg.heads, cfg.n_pos, cfg.n_pos)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (2, cfg.n_heads, cfg.n_pos, cfg.n_pos)
     res = cache["blocks.1.attn.hook_result"]
     attn_out = cache["blocks.1.hook_attn_out"]
-    bias = tiny.hooked.blocks[1].attn.out_proj_bias
+    bias = tiny.hooked.blocks[1].attn.b_O
     assert torch.allclose(res.sum(2) + bias, attn_out, atol=1e-5)
     assert torch.allclose(out, tiny.hooked(px), atol=1e-5)
 
 
 def test_run_with_hooks_edits_and_cleans_up(tiny):
-    px = torch.randn(2, 3, 64, 64)
+    px = _tiny_px(tiny, 2)
     base = tiny.hooked(px)
 
     def zero_head(z, hook):
@@ -88,16 +93,16 @@ def test_run_with_hooks_edits_and_cleans_up(tiny):
 
 
 def test_hook_that_never_fires_is_an_error(tiny):
-    px = torch.randn(1, 3, 64, 64)
+    px = _tiny_px(tiny, 1)
     with pytest.raises(HookNeverFiredError, match="never fired"):
         with tiny.hooked.hooks(fwd_hooks=[("blocks.0.attn.hook_z", lambda a, hook: a)]):
             pass  # no forward pass
     with pytest.raises(KeyError, match="no hook point named"):
-        tiny.hooked.run_with_hooks(px, fwd_hooks=[("blocks.9.attn.hook_z", lambda a, hook: a)])
+        tiny.hooked.run_with_hooks(px, fwd_hooks=[("blocks.99.attn.hook_z", lambda a, hook: a)])
 
 
 def test_state_dict_keys_and_bad_inputs():
-    cfg = ViTConfig(image_size=32, patch_size=16, width=8, layers=1, heads=2, d_mlp=16, d_embed=4)
+    cfg = ViTConfig(image_size=32, patch_size=16, d_model=8, n_layers=1, n_heads=2, d_mlp=16, d_embed=4)
     with pytest.raises(KeyError, match="state dict lacks"):
         HookedViT.from_state_dict({"conv1.weight": torch.zeros(8, 3, 16, 16)}, cfg)
     m = HookedViT(cfg)

@@ -11,8 +11,8 @@ from ltcutils.models import ModelLoadError, load_model
 
 def test_tiny_config_is_registered(tiny):
     cfg = tiny.hooked.cfg
-    assert (cfg.image_size, cfg.patch_size, cfg.width, cfg.layers, cfg.heads, cfg.d_embed) == (64, 16, 128, 4, 4, 64)
-    assert tiny.fingerprint == "random"
+    assert (cfg.image_size, cfg.patch_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_embed) == (64, 16, 128, 4, 4, 64)
+    assert tiny.fingerprint.startswith("random:sha256:")
     emb = tiny.encode_text(["a photo of a landbird", "a photo of a waterbird"])
     assert emb.shape == (2, 64) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
 
