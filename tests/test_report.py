@@ -95,6 +95,14 @@ def test_report_of_two_runs_fits_120_columns(tmp_path, capsys):
     assert "80.4 [79.4,81.4]" in one and "left out" not in one  # zero-shot: avg 80.4, CI -0.96/+1.04
     assert wb.main(["report", str(a), str(b), "--width", "0"]) == 0  # no limit: every CI
     assert "left out" not in capsys.readouterr().out
+    # accuracies of 100 widen every cell: even WG's CI goes, and the caption says so
+    full = methods()
+    full["zero_shot"].update(wg=100.0, wg_ci_low=98.12, wg_ci_high=100.0, avg_sample=100.0)
+    c, d = make_run(tmp_path, "c", full), make_run(tmp_path, "d", full)
+    assert wb.main(["report", str(c), str(d)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120 and "100.0 " in out
+    assert "CIs of WG, Avg(sample), Gap left out" in " ".join(out.split())
 
 
 def test_formats_and_out(tmp_path, capsys):

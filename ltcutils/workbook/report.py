@@ -372,16 +372,16 @@ class PaperTable:
         """Caption line, blank line, a Markdown table at most ``max_width`` characters wide.
 
         When the full table is wider, the CIs are left out from the last metric backwards (the
-        first metric, WG, keeps its CI); the caption says which.
+        first metric, WG, keeps its CI longest); the caption says which.
         """
         flags = [True] * len(self.metrics)
         dropped: list[str] = []
         while True:
             table = markdown_table(self.frame(flags).reset_index())
             width = max(len(line) for line in table.splitlines())
-            if max_width is None or max_width <= 0 or width <= max_width or not any(flags[1:]):
+            if max_width is None or max_width <= 0 or width <= max_width or not any(flags):
                 break
-            i = max(j for j in range(1, len(flags)) if flags[j])
+            i = max(j for j in range(len(flags)) if flags[j])
             flags[i] = False
             dropped.insert(0, self.metrics[i])
         caption = self.caption(dropped)
