@@ -199,3 +199,14 @@ def test_gpu_checks_pass_on_the_reference_numbers_and_fail_off_them(tmp_path, ca
     out = capsys.readouterr().out
     assert "3 check(s) failed" in out and "missing ['L11H3']" in out
     assert "FAIL 05_compare_methods: ltc.wg - zero_shot.wg = -1" in out
+
+
+def test_notebook_table_and_ltc_report_show_the_same_cells(tmp_path, capsys):
+    """Notebook 05 displays ``paper_table(metrics)``; ``ltc report`` prints the same strings."""
+    m = methods()
+    run = make_run(tmp_path, "a", m)
+    shown = wb.paper_table(m)
+    assert wb.main(["report", str(run), "--width", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")][2:]
+    printed = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert printed == [[label, *cells] for label, cells in zip(shown.index, shown.values.tolist())]

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .base import MANIFEST, OUTPUT_DIR, ParameterError, WorkbookError
+from .base import MANIFEST, OUTPUT_DIR, ParameterError
 from .notebooks import default_notebooks_dir, list_notebooks, notebook_parameters, select_notebooks
 from .parameters import load_params_file, resolve_parameters
 from .report import METHODS_NOTEBOOK, PaperTable, _write_text, method_rows
