@@ -4,7 +4,7 @@ Example (random weights, the tiny config shipped with the package)::
 
     >>> import ltcutils as ltc
     >>> m = ltc.models.load_model("ltc-tiny", pretrained=None)
-    >>> m.hooked.cfg.layers, m.hooked.cfg.heads
+    >>> m.hooked.cfg.n_layers, m.hooked.cfg.n_heads
     (4, 4)
 
 OpenAI weights were trained with QuickGELU. open_clip's plain names (``ViT-B-16``) build GELU;
@@ -36,6 +36,9 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "TINY_MODEL",
     "file_sha256",
+    "check_model_name",
+    "check_device",
+    "weights_sha256",
 ]
 
 TINY_MODEL = "ltc-tiny"
@@ -59,7 +62,8 @@ class LoadedModel:
         preprocess: PIL image -> ``[3, H, W]`` tensor (open_clip's eval transform).
         tokenizer: list of strings -> ``[n, context_length]`` token ids.
         name, pretrained: what was asked for (``pretrained`` is a tag, a file path or None).
-        fingerprint: identifies the weights (tag, or SHA-256 of the file, or "random").
+        fingerprint: identifies the weights by content: ``tag:<name>/<tag>``, ``sha256:<file hash>``,
+            or ``random:sha256:<hash of the weights>`` for random weights (two seeds differ).
     """
 
     clip: torch.nn.Module
@@ -101,6 +105,65 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and values, in key order)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, if torch can place a tensor there on this machine.
+
+    Raises:
+        ModelLoadError: an unknown device string, or one this machine does not have.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"{device!r} is not a device name torch understands ({exc}); use device='cpu'") from exc
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as exc:  # torch raises AssertionError for a build without the backend
+        have = ["cpu"]
+        acc = getattr(torch, "accelerator", None)
+        if acc is not None and acc.is_available():
+            have.append(str(acc.current_accelerator()))
+        raise ModelLoadError(f"device {str(device)!r} is not available on this machine (torch: "
+                             f"{' '.join(str(exc).split())[:120]}); available: {', '.join(have)}. "
+                             f"Pass device='cpu'{' or one of those' if len(have) > 1 else ''}.") from exc
+    return dev
+
+
+def check_model_name(name: str) -> dict:
+    """The open_clip config of ``name``, if it is a ViT that LTC can read.
+
+    Raises:
+        ModelLoadError: an unknown name (with close matches) or a tower without attention heads.
+    """
+    import open_clip
+
+    _register_configs()
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        vits = [m for m in open_clip.list_models() if m.startswith("ViT")]
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+        raise ModelLoadError(
+            f"unknown model name {name!r}. Did you mean one of {close}? "
+            f"ViT models open_clip knows include {vits[:12]} ... and {TINY_MODEL!r}."
+        )
+    kind = _vision_kind(cfg)
+    if kind is not None:
+        raise ModelLoadError(
+            f"{name} has a {kind} image tower, not a ViT: LTC needs attention heads. "
+            "Use a ViT model such as ViT-B-16, ViT-L-14 or ViT-H-14."
+        )
+    return cfg
 
 
 def _register_configs() -> None:
@@ -148,22 +211,8 @@ def load_model(
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
-    _register_configs()
-    device = torch.device(device)
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        vits = [m for m in open_clip.list_models() if m.startswith("ViT")]
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
-        raise ModelLoadError(
-            f"unknown model name {name!r}. Did you mean one of {close}? "
-            f"ViT models open_clip knows include {vits[:12]} ... and {TINY_MODEL!r}."
-        )
-    kind = _vision_kind(cfg)
-    if kind is not None:
-        raise ModelLoadError(
-            f"{name} has a {kind} image tower, not a ViT: LTC needs attention heads. "
-            "Use a ViT model such as ViT-B-16, ViT-L-14 or ViT-H-14."
-        )
+    cfg = check_model_name(name)
+    device = check_device(device)
 
     force_qg = bool(quick_gelu)
     fingerprint = "random"
@@ -200,6 +249,8 @@ def load_model(
     except Exception as exc:  # open_clip raises RuntimeError, safetensors/torch their own
         raise _explain_load_failure(name, pretrained_arg, exc) from exc
     clip.eval()
+    if pretrained is None:
+        fingerprint = f"random:sha256:{weights_sha256(clip)}"
     try:
         hooked = HookedViT.from_open_clip(clip)
     except (TypeError, ValueError) as exc:
@@ -213,9 +264,16 @@ def load_model(
 def _explain_load_failure(name: str, pretrained: str | None, exc: Exception) -> ModelLoadError:
     from open_clip.pretrained import get_pretrained_cfg
 
+    text = " ".join(str(exc).split())
+    if pretrained is not None and Path(pretrained).is_file() and _is_unsafe_pickle(exc):
+        return ModelLoadError(
+            f"checkpoint {pretrained} holds pickled Python objects beyond tensors and is refused: loading it "
+            "could run arbitrary code. Where you trust the file, extract its state dict and save it with "
+            "safetensors.torch.save_file, then pass that .safetensors path."
+        )
     if pretrained is not None and Path(pretrained).is_file():
         return ModelLoadError(
-            f"could not load checkpoint {pretrained} into {name}: {type(exc).__name__}: {exc}. "
+            f"could not load checkpoint {pretrained} into {name}: {type(exc).__name__}: {text}. "
             "Is the file complete (compare its size/hash with the source) and made for this architecture? "
             "For OpenAI-trained weights pass quick_gelu=True."
         )
@@ -230,6 +288,17 @@ def _explain_load_failure(name: str, pretrained: str | None, exc: Exception) -> 
             "pretrained='/path/to/open_clip_pytorch_model.bin'."
         )
     return ModelLoadError(f"could not build {name}: {type(exc).__name__}: {exc}")
+
+
+def _is_unsafe_pickle(exc: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a pickle (anywhere in the exception chain)."""
+    import pickle
+
+    while exc is not None:
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def load_default(device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None) -> LoadedModel:

@@ -145,6 +145,38 @@ class Terms:
             s = s + _as_float_tensor(self.rest[sl], device)
         return s
 
+    def head_set(self, heads: Sequence[tuple[int, int]], rows: slice | np.ndarray = slice(None)) -> torch.Tensor:
+        """Summed terms ``[rows, d_embed]`` (float32) of a head set given as ``(layer, head)`` pairs.
+
+        Layers are layer *indices* (as in ``L3H1``), mapped to their captured position here.
+
+        Raises:
+            ValueError: a head's layer was not captured per head.
+        """
+        out = None
+        for l, h in heads:
+            if int(l) not in self.layers:
+                raise ValueError(f"L{l}H{h}: layer {l} was not captured per head (captured: {list(self.layers)})")
+            t = self.head_t(self.layers.index(int(l)), int(h), rows)
+            out = t if out is None else out + t
+        if out is None:
+            n = len(np.arange(len(self))[rows])
+            return torch.zeros(n, int(self.heads.shape[-1]))
+        return out
+
+    def mean_norms(self, n_max: int = 1000) -> dict[str, np.ndarray | float]:
+        """Mean norm of every kind of term over the first ``n_max`` images.
+
+        Returns:
+            ``{"heads": [layer, head], "attention": [layer] (each layer's heads summed),
+            "mlps": [n_mlps], "embed": float (nan when the embedding term is kept inside mlps)}``.
+        """
+        sl = slice(0, min(len(self), n_max))
+        heads = self.heads_t(sl)
+        return {"heads": heads.norm(dim=-1).mean(0).numpy(), "attention": heads.sum(2).norm(dim=-1).mean(0).numpy(),
+                "mlps": _as_float_tensor(self.mlps[sl]).norm(dim=-1).mean(0).numpy(),
+                "embed": float("nan") if self.embed is None else float(_as_float_tensor(self.embed[sl]).norm(dim=-1).mean())}
+
     def take(self, index: np.ndarray) -> "Terms":
         """Rows at ``index`` loaded into RAM (float32 numpy)."""
         idx = np.asarray(index)
@@ -186,11 +218,17 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+def _vit_size(vit: dict) -> tuple[int, int]:
+    """(n_heads, n_layers) of a ``ViTConfig.to_dict()`` (TransformerLens names, or the older heads/layers)."""
+    return int(vit.get("n_heads", vit.get("heads"))), int(vit.get("n_layers", vit.get("layers")))
+
+
 def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
     vit = meta["spec"]["model"]["vit"]
     n, d = int(meta["n"]), int(vit["d_embed"])
-    shapes = {"heads": (n, len(meta["layers"]), int(vit["n_heads"]), d), "embed": (n, d),
-              "mlps": (n, int(vit["n_layers"]) if meta["mlps"] == "each" else 1, d), "norm": (n,), "valid": (n,)}
+    n_heads, n_layers = _vit_size(vit)
+    shapes = {"heads": (n, len(meta["layers"]), n_heads, d), "embed": (n, d),
+              "mlps": (n, n_layers if meta["mlps"] == "each" else 1, d), "norm": (n,), "valid": (n,)}
     if meta["has_rest"]:
         shapes["rest"] = (n, d)
     return shapes

@@ -26,7 +26,7 @@ from .datasets.base import DatasetError, GroupDataset
 from .io import atomic_write
 from .store import (_ARRAYS, FORMAT_VERSION, SHARDS, ActivationStore, StoreError, StoreMismatchError,
                     _canonical, _check_meta, _checksum, _done_shards, _expected_shapes, _fingerprint, _open_array,
-                    _read_meta, _shard_file)
+                    _read_meta, _shard_file, _vit_size)
 
 __all__ = ["StoreWriter", "open_writer"]
 
@@ -74,7 +74,7 @@ class StoreWriter:
         self.n_shards = int(self.meta["n_shards"])
         self.mlps_mode = self.meta["mlps"]
         self.layers = tuple(self.meta["layers"])
-        self._n_layers = int(self.meta["spec"]["model"]["vit"]["n_layers"])
+        self._n_layers = _vit_size(self.meta["spec"]["model"]["vit"])[1]
         shapes = _expected_shapes(self.meta)
         self._arrays = {k: _open_array(path, k, shape, "r+") for k, shape in shapes.items()}
 
@@ -200,13 +200,14 @@ def _clear(path: Path) -> None:
 
 
 def _shapes_for(model, spec: dict, n: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-    cfg = model.hooked.cfg
+    d = int(spec["model"]["vit"]["d_embed"])
+    n_heads, n_layers = _vit_size(spec["model"]["vit"])
     dt = np.float16 if spec["dtype"] == "float16" else np.float32
-    shapes = {"heads": ((n, len(spec["layers"]), cfg.n_heads, cfg.d_embed), dt), "embed": ((n, cfg.d_embed), dt),
-              "mlps": ((n, cfg.n_layers if spec["mlps"] == "each" else 1, cfg.d_embed), dt),
+    shapes = {"heads": ((n, len(spec["layers"]), n_heads, d), dt), "embed": ((n, d), dt),
+              "mlps": ((n, n_layers if spec["mlps"] == "each" else 1, d), dt),
               "norm": ((n,), np.float32), "valid": ((n,), np.bool_)}
-    if len(spec["layers"]) < cfg.n_layers:
-        shapes["rest"] = ((n, cfg.d_embed), dt)
+    if len(spec["layers"]) < n_layers:
+        shapes["rest"] = ((n, d), dt)
     return shapes
 
 
