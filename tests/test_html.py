@@ -84,6 +84,7 @@ def test_figure_files_and_data_uris(run_dir, tmp_path):
     shutil.rmtree(run_dir / "cache")
 
 
+@pytest.mark.browser
 def test_html_page_in_headless_chromium(run_dir, tmp_path, chrome):
     out = tmp_path / "page" / "report.html"
     assert wb.main(["html", str(run_dir), "--out", str(out)]) == 0
