@@ -66,7 +66,7 @@ import math
 import operator
 from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,9 +74,6 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
-
-if TYPE_CHECKING:
-    from .activations import ViTActivationCache
 
 __all__ = ["ViTConfig", "HookedViT", "HookNeverFiredError"]
 
@@ -112,27 +109,12 @@ class ViTConfig:
         if self.act not in ("gelu", "quick_gelu"):
             raise ValueError(f"act must be 'gelu' or 'quick_gelu', got {self.act!r}")
 
-    @property
-    def d_head(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def layers(self) -> int:
-        """Alias of :attr:`n_layers` (a count), kept for notebooks written before the rename."""
-        return self.n_layers
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def n_pos(self) -> int:
-        return self.grid**2 + 1
-
-    @property
-    def d_patch(self) -> int:
-        """Pixels in one patch, ``3 * patch_size**2`` (the rows of ``W_E``)."""
-        return 3 * self.patch_size**2
+    d_head = property(lambda self: self.d_model // self.n_heads, doc="Width of one head.")
+    layers = property(lambda self: self.n_layers,
+                      doc="Alias of :attr:`n_layers` (a count), kept for notebooks written before the rename.")
+    grid = property(lambda self: self.image_size // self.patch_size, doc="Patches per side.")
+    n_pos = property(lambda self: self.grid**2 + 1, doc="Positions: the class token, then the patches.")
+    d_patch = property(lambda self: 3 * self.patch_size**2, doc="Pixels in one patch (the rows of ``W_E``).")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -406,14 +388,12 @@ class HookedViT(HookedRootModule):
         """
         return self.patch_weight.view(self.cfg.d_model, -1).T
 
-    @property
-    def W_pos(self) -> Float[Tensor, "pos d_model"]:
-        """Position embeddings ``[pos, d_model]`` (the parameter; row 0 is the class token's)."""
-        return self.positional_embedding
+    W_pos = property(lambda self: self.positional_embedding,
+                     doc="Position embeddings ``[pos, d_model]`` (the parameter; row 0: the class token).")
 
     # ----------------------------------------------------------------- construction
     def _init_random(self, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # weights N(0, 0.02); LayerNorms and biases as built
         for p in self.parameters():
             if p.dim() > 1:
                 p.data.normal_(0.0, 0.02, generator=g)
@@ -548,8 +528,7 @@ class HookedViT(HookedRootModule):
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
 
-    def run_with_cache(self, *model_args, return_cache_object: bool = True,
-                       **kwargs) -> tuple[Tensor, "ViTActivationCache | dict[str, Tensor]"]:
+    def run_with_cache(self, *model_args, return_cache_object: bool = True, **kwargs) -> tuple[Tensor, Any]:
         """TransformerLens ``run_with_cache``: ``(output, cache)``.
 
         ``cache`` is a :class:`~ltcutils.activations.ViTActivationCache` (TL's
