@@ -61,12 +61,17 @@ Library use::
     >>> result = workbook.run_workbook(["02"], params={"n_per_group": 100}, out="runs/small")  # doctest: +SKIP
     >>> result.ok, result["02_locate_heads"].seconds                                        # doctest: +SKIP
     >>> table = workbook.report(["runs/small", "runs/b16"], out="runs/compare")             # doctest: +SKIP
+    >>> print(workbook.paper_report(["runs/small", "runs/b16"]).render("md"))              # doctest: +SKIP
+    >>> sweep = workbook.run_sweep("grid.yaml")  # ltcutils.workbook.sweep: the grid format  # doctest: +SKIP
+    >>> workbook.html_report(["runs/small"])     # -> runs/small/report.html               # doctest: +SKIP
 
 Metric checks (``checks:`` in a YAML file): ``{EXPRESSION: CONDITION}`` per notebook, where
 EXPRESSION is a metric key (nested keys joined by dots) or two keys joined by `` - `` or `` + ``
 (spaces required), and CONDITION is ``OP NUMBER`` with OP one of ``>= > <= < == !=``, NUMBER a
-number or ``true``/``false``, optionally ``== NUMBER +- TOLERANCE``. A list of conditions is
-allowed. Nothing is evaluated as code.
+number or ``true``/``false``, optionally ``== NUMBER +- TOLERANCE``; or, for a metric that is a
+list, a set condition ``{contains: [L10H10, L11H3]}`` (also ``contains_any``, ``subset_of``,
+``excludes``, and ``in`` for a single value; see :mod:`ltcutils.workbook.checks`). A list of
+conditions is allowed. Nothing is evaluated as code.
 """
 
 from .base import MANIFEST, METRICS_DIR, NOTEBOOK_FILE, NOTEBOOK_NAME, OUTPUT_DIR, NotebookFailed, ParameterError, WorkbookError
@@ -78,6 +83,8 @@ from .notebooks import default_notebooks_dir, list_notebooks, notebook_parameter
 from .parameters import load_params_file, resolve_parameters
 from .report import PaperTable, markdown_table, paper_report, paper_table, report
 from .results import flatten, metrics_path, read_metrics, write_metrics
+from .html import html_report
+from .sweep import load_grid, run_sweep
 
 __all__ = [
     "WorkbookError",
@@ -103,6 +110,9 @@ __all__ = [
     "paper_table",
     "paper_report",
     "PaperTable",
+    "run_sweep",
+    "load_grid",
+    "html_report",
     "parse_check",
     "check_metrics",
     "notebook_problems",
