@@ -87,9 +87,8 @@ class ViTConfig:
     """Shape of an open_clip ``VisionTransformer`` (class-token pooling, pre-LN blocks).
 
     Field names follow TransformerLens: ``n_layers``, ``n_heads``, ``d_model``, ``d_head``
-    (derived), ``d_mlp``; ``d_embed`` is the joint image-text dimension. ``layers`` is a
-    read-only alias of ``n_layers`` kept for older notebooks; elsewhere in the package
-    ``layers`` is a tuple of layer *indices*.
+    (derived), ``d_mlp``; ``d_embed`` is the joint image-text dimension. A count of layers is
+    always ``n_layers``; ``layers`` elsewhere in the package is a tuple of layer *indices*.
     """
 
     image_size: int
@@ -110,8 +109,6 @@ class ViTConfig:
             raise ValueError(f"act must be 'gelu' or 'quick_gelu', got {self.act!r}")
 
     d_head = property(lambda self: self.d_model // self.n_heads, doc="Width of one head.")
-    layers = property(lambda self: self.n_layers,
-                      doc="Alias of :attr:`n_layers` (a count), kept for notebooks written before the rename.")
     grid = property(lambda self: self.image_size // self.patch_size, doc="Patches per side.")
     n_pos = property(lambda self: self.grid**2 + 1, doc="Positions: the class token, then the patches.")
     d_patch = property(lambda self: 3 * self.patch_size**2, doc="Pixels in one patch (the rows of ``W_E``).")

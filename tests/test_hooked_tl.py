@@ -147,9 +147,9 @@ def test_config_speaks_transformer_lens():
     m = _small()
     cfg = m.cfg
     assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (2, 2, 8, 4, 16)
-    assert cfg.layers == cfg.n_layers  # read-only alias (a count), kept for old notebooks
+    assert not hasattr(cfg, "layers")  # a count is n_layers; "layers" means indices elsewhere
     with pytest.raises(AttributeError):
-        cfg.layers = 3
+        cfg.n_layers = 3  # frozen
     assert "n_layers" in cfg.to_dict() and "layers" not in cfg.to_dict()
     with pytest.raises(ValueError, match="not divisible"):
         ViTConfig(image_size=32, patch_size=16, d_model=9, n_layers=1, n_heads=2, d_mlp=4, d_embed=4)
