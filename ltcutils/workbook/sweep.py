@@ -345,7 +345,9 @@ def run_sweep(
               f"skipped as finished earlier), {result.seconds:.1f} s")
         for p in result.failed:
             print(f"FAILED {p.name} (runs again on the next call): {(p.error or '').splitlines()[0]}")
-        if result.summary is not None:
+        if result.summary is None:
+            print(f"no finished point has metrics/{METHODS_NOTEBOOK}.json: no mean ± sd table")
+        else:
             print("\n" + text)
             print(f"\nwrote {sweep_dir / 'summary.md'} and {sweep_dir / 'summary.csv'}")
     return result
