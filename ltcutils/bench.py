@@ -2,6 +2,7 @@
 
     python -m ltcutils.bench decompose --model ViT-B-16 --batch 16 --reps 3
     python -m ltcutils.bench locate [--n 5794 --layers 12 --heads 12 --d-embed 512]
+    python -m ltcutils.bench capture [--model ViT-B-32 --n 256 --reps 3 --workers auto]
     python -m ltcutils.bench all
 
 ``decompose`` interleaves plain open_clip ``encode_image`` and the hooked decomposition on the
@@ -9,6 +10,11 @@ same random-weight model and inputs and prints both throughputs and their ratio;
 captures N and 4N random images into a store, each in a fresh process, and prints the peak RSS
 of both and the bytes stored per image. ``locate`` fabricates a memory-mapped fp16 cache the
 size of the Waterbirds test set at ViT-B-16 and times locate + correct + evaluate on it.
+``capture`` fabricates a Waterbirds-layout folder of real-size JPEGs (300-500 px, random
+content) and interleaves, rep by rep: (a) open_clip ``encode_image`` fed by a DataLoader with the
+same workers, (b) our capture into a store, (c) the serial path (``num_workers=0``), then one
+and two capture processes under ``torchrun`` (gloo); it prints images/s, per-rep ratios and
+their medians. Each process keeps torch at ``--threads`` intra-op threads (default 1).
 """
 
 from __future__ import annotations
@@ -149,6 +155,155 @@ def bench_locate(n: int, n_val: int, layers: int, heads: int, d_embed: int, seed
             "gb_test_cache": n * layers * heads * d_embed * 2 / 1e9, "wg_random_data": summ["wg"]}
 
 
+def fabricate_folder(root: Path, n: int, seed: int = 0) -> Path:
+    """A Waterbirds-layout folder (``metadata.csv``, class folders) of ``n`` JPEGs, 300-500 px a side, all test."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["img_id,img_filename,y,split,place,place_filename"]
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(300, 501, 2))
+        low = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)  # photo-like: smooth
+        im = Image.fromarray(low).resize((w, h), Image.BILINEAR)
+        px = np.asarray(im, dtype=np.int16) + rng.integers(-12, 13, (h, w, 3))  # plus some texture
+        rel = f"{'001.Albatross' if i % 2 else '094.Nuthatch'}/img_{i:05d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(root / rel, quality=90)
+        lines.append(f"{i + 1},{rel},{i % 2},2,{(i // 2) % 2},/o/ocean/{i:08d}.jpg")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _plain_pass(m, ds, batch: int, workers: int, device) -> float:
+    """Images/s of open_clip ``encode_image`` fed by the capture's own DataLoader (same decoding, same workers)."""
+    from .capture import _Images, _loader
+
+    dev = torch.device(device)
+    batches = [list(range(i, min(i + batch, len(ds)))) for i in range(0, len(ds), batch)]
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for _, px, _, _ in _loader(_Images(ds, m.preprocess), batches, workers, dev):
+            m.clip.encode_image(px.to(dev, non_blocking=dev.type != "cpu")).sum().item()
+    return len(ds) / (time.perf_counter() - t)
+
+
+def _capture_pass(m, ds, out: Path, batch: int, workers: int, precision: str) -> float:
+    from .capture import capture
+
+    t = time.perf_counter()
+    capture(m, ds, path=out, batch_size=batch, shard_size=4 * batch, num_workers=workers, precision=precision,
+            progress=False)
+    dt = time.perf_counter() - t
+    import shutil
+
+    shutil.rmtree(out)
+    return len(ds) / dt
+
+
+def _dist_capture_child(model_name: str, root: str, out: str, batch: int, threads: int, device: str,
+                        precision: str) -> None:
+    """One rank of a torchrun capture: times the capture alone (after model and data are loaded)."""
+    import torch.distributed as dist
+
+    from .capture import _device, capture
+    from .datasets.registry import load_dataset
+    from .models import load_model
+
+    torch.set_num_threads(threads)
+    dev = _device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group(backend=dist.get_default_backend_for_device(dev))
+    torch.manual_seed(0)
+    m = load_model(model_name, None, device=dev)
+    ds = load_dataset("waterbirds", "test", root)
+    if world > 1:
+        dist.barrier()
+    t = time.perf_counter()
+    capture(m, ds, path=out, batch_size=batch, shard_size=batch, progress=False, precision=precision)
+    dt = time.perf_counter() - t  # capture ends with a barrier: every rank's shards are in
+    if world == 1 or dist.get_rank() == 0:
+        print(json.dumps({"world": world, "img_per_s": len(ds) / dt, "seconds": dt}))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _torchrun_capture(k: int, model_name: str, root: Path, out: Path, batch: int, threads: int, device: str,
+                      precision: str) -> float:
+    import shutil
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(k),
+           "-m", "ltcutils.bench", "_dist_capture", "--model", model_name, "--root", str(root), "--out", str(out),
+           "--batch", str(batch), "--threads", str(threads), "--device", device, "--precision", precision]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"torchrun with {k} processes failed:\n{(res.stdout + res.stderr)[-3000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return float(json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])["img_per_s"])
+
+
+def bench_capture(model_name: str, n: int, reps: int, batch: int, workers: str, threads: int, device: str,
+                  precision: str, dist: bool = True) -> dict:
+    """Interleaved images/s of (a) DataLoader + encode_image, (b) capture, (c) serial capture; 1 vs 2 ranks."""
+    from .capture import default_workers
+    from .datasets.registry import load_dataset
+    from .models import load_model
+
+    torch.set_num_threads(threads)
+    w = default_workers() if workers == "auto" else int(workers)
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = fabricate_folder(Path(tmp) / "waterbird_complete95_forest2water2", n)
+        torch.manual_seed(0)
+        m = load_model(model_name, None, device=device)
+        ds = load_dataset("waterbirds", "test", root)
+        _capture_pass(m, ds.subset(range(min(n, batch))), Path(tmp) / "warm", batch, 0, precision)  # warm-up
+        runs = {"a_plain_dataloader": [], "b_capture": [], "c_serial_capture": [], "one_process": [], "two_processes": []}
+        passes = {
+            "a_plain_dataloader": lambda: _plain_pass(m, ds, batch, w, device),
+            "b_capture": lambda: _capture_pass(m, ds, Path(tmp) / "b", batch, w, precision),
+            "c_serial_capture": lambda: _capture_pass(m, ds, Path(tmp) / "c", batch, 0, precision),
+        }
+        order = list(passes)
+        for r in range(reps):
+            for key in order[r % 3:] + order[:r % 3]:  # rotate so no pass always runs first
+                runs[key].append(passes[key]())
+            if dist:
+                for k, key in ((1, "one_process"), (2, "two_processes"))[::(1 if r % 2 == 0 else -1)]:
+                    runs[key].append(_torchrun_capture(k, model_name, root, Path(tmp) / f"d{k}", batch, threads,
+                                                       device, precision))
+    ratio = lambda x, y: [p / q for p, q in zip(runs[x], runs[y])]  # noqa: E731
+    res = {"model": model_name, "weights": "random", "n_images": n, "image_px": "300-500 JPEG q90", "batch": batch,
+           "workers": w, "threads_per_process": threads, "device": device, "precision": precision, "reps": reps,
+           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+           "loadavg_before": load0, "loadavg_after": os.getloadavg(), "img_per_s": runs,
+           "median_img_per_s": {k: float(np.median(v)) for k, v in runs.items() if v},
+           "b_over_a_per_rep": ratio("b_capture", "a_plain_dataloader"),
+           "b_over_c_per_rep": ratio("b_capture", "c_serial_capture")}
+    if dist:
+        res["two_over_one_per_rep"] = ratio("two_processes", "one_process")
+    for k in [k for k in res if k.endswith("_per_rep")]:
+        res[k.replace("_per_rep", "_median")] = float(np.median(res[k]))
+    return res
+
+
+def _print_capture(r: dict) -> None:
+    f = lambda v: ", ".join(f"{x:.3f}" for x in v)  # noqa: E731
+    med = r["median_img_per_s"]
+    print(f"{r['model']} ({r['weights']} weights), {r['n_images']} JPEGs, batch {r['batch']}, {r['workers']} workers, "
+          f"{r['threads_per_process']} thread(s)/process, {r['cores']} cores, load {r['loadavg_before'][0]:.2f} -> "
+          f"{r['loadavg_after'][0]:.2f}")
+    print(f"img/s median: (a) plain+DataLoader {med['a_plain_dataloader']:.2f}  (b) capture {med['b_capture']:.2f}  "
+          f"(c) serial capture {med['c_serial_capture']:.2f}")
+    print(f"(b)/(a) median {r['b_over_a_median']:.3f} (per rep {f(r['b_over_a_per_rep'])}); "
+          f"(b)/(c) median {r['b_over_c_median']:.3f} (per rep {f(r['b_over_c_per_rep'])})")
+    if "two_over_one_median" in r:
+        print(f"torchrun 2 processes / 1: median {r['two_over_one_median']:.3f} (per rep {f(r['two_over_one_per_rep'])}); "
+              f"img/s 1 process {med['one_process']:.2f}, 2 processes {med['two_processes']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ltcutils.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +320,25 @@ def main(argv: list[str] | None = None) -> None:
     lo.add_argument("--layers", type=int, default=12)
     lo.add_argument("--heads", type=int, default=12)
     lo.add_argument("--d-embed", type=int, default=512)
-    sub.add_parser("all", help="both, with defaults")
+    cp = sub.add_parser("capture", help="DataLoader-fed encode_image vs capture vs serial capture; 2 vs 1 process")
+    cp.add_argument("--model", default="ViT-B-32")
+    cp.add_argument("--n", type=int, default=256, help="images in the fabricated folder")
+    cp.add_argument("--reps", type=int, default=3)
+    cp.add_argument("--batch", type=int, default=32)
+    cp.add_argument("--workers", default="auto", help="DataLoader workers for (a) and (b): a number or auto")
+    cp.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
+    cp.add_argument("--device", default="cpu")
+    cp.add_argument("--precision", default="fp32")
+    cp.add_argument("--no-dist", action="store_true", help="skip the torchrun 1 vs 2 process runs")
+    dc = sub.add_parser("_dist_capture")
+    dc.add_argument("--model")
+    dc.add_argument("--root")
+    dc.add_argument("--out")
+    dc.add_argument("--batch", type=int)
+    dc.add_argument("--threads", type=int)
+    dc.add_argument("--device")
+    dc.add_argument("--precision")
+    sub.add_parser("all", help="decompose and locate, with defaults")
     c = sub.add_parser("_capture")
     c.add_argument("--model")
     c.add_argument("--n", type=int)
@@ -175,6 +348,14 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.cmd == "_capture":
         _capture_child(a.model, a.n, a.out, a.device, a.mlps)
+        return
+    if a.cmd == "_dist_capture":
+        _dist_capture_child(a.model, a.root, a.out, a.batch, a.threads, a.device, a.precision)
+        return
+    if a.cmd == "capture":
+        r = bench_capture(a.model, a.n, a.reps, a.batch, a.workers, a.threads, a.device, a.precision, not a.no_dist)
+        print(json.dumps(r, indent=1))
+        _print_capture(r)
         return
     if a.cmd in ("decompose", "all"):
         r = bench_decompose(a.model if a.cmd == "decompose" else "ViT-B-16", getattr(a, "batch", 16),
