@@ -20,10 +20,17 @@ test-fast: env
 browser:
 	@./scripts/browser.sh
 
-# Interactive: open the notebooks in JupyterLab.
+# Interactive: JupyterLab at the project root. notebooks/ holds the sources (exercise solutions
+# filled in); run there, they write to runs/default/ (their output_dir default), which is where
+# `make workbook` writes its executed notebooks, figures and metrics, so both are side by side.
+# `make lab MODE=learner` first writes the class's copies (exercise stubs) to runs/class/ and opens
+# that folder; those copies write to runs/class/outputs/.
 # (--allow-root only when run as root, which Jupyter otherwise refuses)
+MODE ?= solution
 lab: env
-	HF_HUB_OFFLINE=1 .venv/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
+	$(if $(filter learner,$(MODE)),HF_HUB_OFFLINE=1 .venv/bin/python -m ltcutils.exercises --out runs/class &&) \
+	HF_HUB_OFFLINE=1 .venv/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) \
+	  $(if $(filter learner,$(MODE)),runs/class,.)
 
 bench: env
 	HF_HUB_OFFLINE=1 .venv/bin/python -m ltcutils.bench all

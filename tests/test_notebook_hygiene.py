@@ -78,6 +78,11 @@ def good_notebook():
 
 def test_good_notebook_has_no_problems():
     assert wb.notebook_problems(good_notebook(), NAME) == []
+    # a function is allowed in a cell tagged exercise (writing it is the learner's task), and nested defs
+    nb = good_notebook()
+    _exercise(EXERCISE)(nb)
+    nb.cells.insert(5, new_code_cell("result = sorted([3, 1], key=lambda v: -v)\nprint(result)"))
+    assert wb.notebook_problems(nb, NAME) == []
     # comments may name what code must not do
     nb = good_notebook()
     nb.cells[1].source += '\ndevice = "cpu"  # "cpu", or "cuda" on a GPU machine; never sys.path'
@@ -126,6 +131,17 @@ def _markdown_params(nb):
     nb.cells[1] = new_markdown_cell("model = 1  # x", metadata={"tags": ["parameters"]})
 
 
+EXERCISE = "def f(x):\n    \"\"\"Double x.\"\"\"\n    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION"
+
+
+def _exercise(src, declare=True):
+    def f(nb):
+        nb.cells[4] = new_code_cell(src, metadata={"tags": ["exercise"]})
+        if declare:
+            nb.cells[1].source += '\nexercises = "solution"  # "solution" or "learner" (stubs)'
+    return f
+
+
 BAD = {
     "title_not_heading": (_set(0, "Locate heads"), "first cell must be markdown starting with '# '"),
     "title_in_code_cell": (_title_code, "first cell must be markdown"),
@@ -152,6 +168,14 @@ BAD = {
     "no_metrics": (_set(5, "print(layers)"), "cell 5: the last code cell must write the metrics"),
     "wrong_stem": (_set(5, 'ltc.workbook.write_metrics("02_locate_heads", {}, output_dir)'),
                    "write_metrics('02_locate_heads', ...) does not match the notebook's stem '03_locate_heads'"),
+    "papermill_unreadable": (_params('mode = "a"  # "a" or "b" (set with MODE=b)\noutput_dir = "o"  # run folder'),
+                             "papermill cannot read 'mode'"),
+    "def_in_cell": (_set(4, "def helper(x):\n    return 2 * x\n\nassert helper(threshold) < 0"),
+                    "cell 4, line 1: defines function 'helper'; logic belongs in ltcutils"),
+    "class_in_cell": (_set(4, "class Box:\n    pass"), "cell 4, line 1: defines class 'Box'"),
+    "exercise_without_markers": (_exercise("def f(x):\n    return 2 * x"), "tagged 'exercise' but has no"),
+    "exercise_unclosed": (_exercise("def f(x):\n    # BEGIN SOLUTION\n    return 2 * x"), "exercise markers: "),
+    "exercise_without_parameter": (_exercise(EXERCISE, declare=False), "declares no `exercises`"),
 }
 
 

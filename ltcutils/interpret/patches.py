@@ -71,22 +71,33 @@ def plot_patch_map(
     image,
     pmap: torch.Tensor | np.ndarray,
     ax=None,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    alpha: float = 0.6,
+    cmap: str = "RdBu_r",
     title: str | None = None,
+    vmax: float | None = None,
 ):
-    """Overlay a patch map on an image (bilinear upsampling, min-max normalised).
+    """Overlay a *signed* patch map on an image (bilinear upsampling, colours centred on zero).
+
+    The map keeps its units and its sign: with a diverging colour map, red patches push the
+    margin up (towards the class the margin favours), blue ones push it down, white ones do
+    nothing. A min-max normalised map would lose exactly that. Add a colour bar with
+    ``fig.colorbar(ax.get_images()[1], ax=ax)`` (as :func:`ltcutils.plots.patch_maps` does).
 
     Args:
         image: PIL image or ``[H, W, 3]`` array (uint8, or float in [0, 1]) of what the model saw
             (see :func:`model_view` for images that were resized and cropped).
         pmap: ``[grid, grid]`` map from :func:`patch_margin_map` (one image).
         ax: matplotlib axes (default: a new figure).
-        alpha, cmap: overlay opacity and colour map.
+        alpha, cmap: overlay opacity and (diverging) colour map.
         title: axes title.
+        vmax: the colour scale runs from ``-vmax`` to ``vmax`` (default: the map's largest
+            absolute value; pass a shared value to compare several images).
 
     Returns:
-        the axes.
+        the axes (the overlay is ``ax.get_images()[1]``).
+
+    Raises:
+        ValueError: the image or the map has the wrong shape.
     """
     import matplotlib.pyplot as plt
 
@@ -98,13 +109,12 @@ def plot_patch_map(
         raise ValueError(f"pmap must be [grid, grid] for one image, got shape {tuple(m.shape)}")
     H, W = arr.shape[:2]
     up = F.interpolate(m.double()[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = up.min(), up.max()
-    flat = float(hi - lo) <= 1e-9 * max(1.0, float(up.abs().max()))  # constant map (up to rounding)
-    up = torch.zeros_like(up) if flat else (up - lo) / (hi - lo)
+    scale = float(m.abs().max()) if vmax is None else float(vmax)
+    scale = scale if scale > 0 else 1e-12  # an all-zero map shows as white, not as an error
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(arr)
-    ax.imshow(up.numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+    ax.imshow(up.numpy(), cmap=cmap, alpha=alpha, vmin=-scale, vmax=scale)
     ax.set_axis_off()
     if title:
         ax.set_title(title)

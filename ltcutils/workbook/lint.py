@@ -80,7 +80,58 @@ def _parameter_cell_problems(source: str) -> list[str]:
                             "with literals, so compute derived values in a later cell")
         if not any(ln in comment_lines for ln in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)):
             problems.append(f"parameters cell: {name!r} has no comment; write `{name} = ...  # what it means`")
+    problems.extend(_papermill_problems(source, seen))
     return problems
+
+
+def _papermill_problems(source: str, names: set[str]) -> list[str]:
+    """Parameters papermill cannot read (then ``ltc run -p NAME`` refuses them as undeclared)."""
+    import contextlib
+    import io as _io
+    import logging
+
+    try:
+        from papermill.translators import PythonTranslator
+    except ImportError:  # papermill comes with the workbook tools
+        return []
+    log = logging.getLogger("papermill")
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+            seen = {p.name for p in PythonTranslator.inspect({"source": source})}
+    finally:
+        log.level = level
+    return [f"parameters cell: papermill cannot read {n!r} (ltc run -p would refuse it); reword its comment "
+            "(papermill's parser trips on an '=' in a comment, as in 'k <= 4' or 'MODE=x')"
+            for n in sorted(names - seen)]
+
+
+def _definition_problems(i: int, source: str, exercise: bool) -> list[str]:
+    """A top-level ``def``/``class`` outside an ``exercise`` cell; an exercise cell without markers."""
+    from ..exercises import BEGIN, stub_source
+
+    if exercise:
+        if BEGIN not in source:
+            return [f"cell {i}: tagged 'exercise' but has no '{BEGIN}' block (the learner's stub is made from it)"]
+        try:
+            stub_source(source)
+        except ValueError as e:
+            return [f"cell {i}: exercise markers: {e}"]
+        return []
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        source = TransformerManager().transform_cell(source)  # magics and shell escapes -> Python
+    except ImportError:  # IPython comes with the notebook tools; without it, parse the cell as it is
+        pass
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # the cell fails when run, which the notebook tests report
+        return []
+    return [f"cell {i}, line {n.lineno}: defines {'class' if isinstance(n, ast.ClassDef) else 'function'} "
+            f"{n.name!r}; logic belongs in ltcutils (call it from the cell), or tag the cell 'exercise' "
+            "when writing it is the learner's task"
+            for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
 
 
 def notebook_problems(nb: Any, filename: str | os.PathLike | None = None) -> list[str]:
@@ -90,7 +141,9 @@ def notebook_problems(nb: Any, filename: str | os.PathLike | None = None) -> lis
     ``# `` (the title); exactly one cell is tagged ``parameters``, a code cell of commented
     literal assignments; the kernelspec is ``python3``; no outputs, execution counts or
     papermill ``injected-parameters`` cells are committed; no code cell installs packages,
-    touches ``sys.path``, changes directory or hard-codes a GPU device; the last code cell writes the
+    touches ``sys.path``, changes directory or hard-codes a GPU device; no code cell defines a
+    function or class at top level except cells tagged ``exercise`` (which must hold a marked
+    solution block, and then the notebook declares an ``exercises`` parameter); the last code cell writes the
     metrics (``write_metrics(`` or ``metrics/``), and a literal name given to
     ``write_metrics`` is the notebook's own stem.
 
@@ -148,6 +201,11 @@ def notebook_problems(nb: Any, filename: str | os.PathLike | None = None) -> lis
         for pattern, why in _FORBIDDEN:
             if pattern.search(code_only):
                 problems.append(f"cell {i}: {why}")
+        problems.extend(_definition_problems(i, src, "exercise" in tags))
+    if any("exercise" in c.get("metadata", {}).get("tags", []) for c in cells) and len(tagged) == 1 \
+            and not re.search(r"(?m)^exercises\s*=", _cell_source(cells[tagged[0]])):
+        problems.append("the notebook has exercise cells but its parameters cell declares no `exercises` "
+                        "(add `exercises = \"solution\"  # \"solution\" or \"learner\" (stubs)`)")
 
     code = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code"]
     if not code:
