@@ -16,13 +16,16 @@ as built by :func:`ltcutils.text.zero_shot_classifier`), logits ``[n, n_class]``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from .heads import Head
+from .lens import Candidates
 
 __all__ = [
     "zero_shot_logits",
@@ -48,11 +51,11 @@ def _check_classifier(emb: torch.Tensor, classifier: torch.Tensor) -> None:
 
 
 def zero_shot_logits(
-    emb: torch.Tensor,
-    classifier: torch.Tensor,
-    candidates: torch.Tensor | np.ndarray | None = None,
+    emb: Float[Tensor, "batch d_embed"],
+    classifier: Float[Tensor, "_ n_class"],
+    candidates: Candidates | None = None,
     device: str | torch.device = "cpu",
-) -> torch.Tensor:
+) -> Float[Tensor, "batch n_class"]:
     """Zero-shot logits ``emb @ classifier``, optionally restricted to candidate classes.
 
     Args:
@@ -77,11 +80,11 @@ def zero_shot_logits(
 
 
 def predict(
-    emb: torch.Tensor,
-    classifier: torch.Tensor,
-    candidates: torch.Tensor | np.ndarray | None = None,
+    emb: Float[Tensor, "batch d_embed"],
+    classifier: Float[Tensor, "_ n_class"],
+    candidates: Candidates | None = None,
     device: str | torch.device = "cpu",
-) -> torch.Tensor:
+) -> Int[Tensor, " batch"]:
     """Zero-shot prediction ``[n]`` (a *global* class index, also with candidates).
 
     Args: as :func:`zero_shot_logits`. With ``candidates [n, k]`` the prediction is the
@@ -180,14 +183,14 @@ def ortho_projection(
 
 
 def ortho_cali(
-    classifier: torch.Tensor,
-    spurious_emb: torch.Tensor,
+    classifier: Float[Tensor, "_ n_class"],
+    spurious_emb: Float[Tensor, "m d_embed"],
     candidate_pairs=None,
     lam: float = 1000.0,
     normalize: bool = True,
     ltc_repo_order: bool = False,
     device: str | torch.device = "cpu",
-) -> torch.Tensor:
+) -> Float[Tensor, "d_embed n_class"]:
     """Ortho-Cali debiased classifier: each class vector ``t`` becomes ``normalise(P0 G^-1 t)``.
 
     Because ``P0`` is applied last, every debiased class vector has *no* component along the
@@ -233,11 +236,11 @@ def _basis(dirs: torch.Tensor | None, d: int, what: str) -> torch.Tensor | None:
 
 
 def roboshot(
-    emb: torch.Tensor,
-    reject_dirs: torch.Tensor | None = None,
-    accept_dirs: torch.Tensor | None = None,
+    emb: Float[Tensor, "batch d_embed"],
+    reject_dirs: Float[Tensor, "*n_reject _"] | None = None,
+    accept_dirs: Float[Tensor, "*n_accept _"] | None = None,
     device: str | torch.device = "cpu",
-) -> torch.Tensor:
+) -> Float[Tensor, "batch d_embed"]:
     """RoboShot: remove rejected directions from, then amplify accepted directions in, each embedding.
 
     Each direction set (e.g. text differences ``e(a) - e(b)`` from

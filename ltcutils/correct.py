@@ -32,11 +32,13 @@ component along the concept directions is scaled by ``1 + strength``) and its sc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from .decompose import _layer_list, _recorder, head_terms_from_z
 from .heads import Head, check_heads, head_label, parse_heads
@@ -58,7 +60,8 @@ __all__ = [
 
 
 @torch.inference_mode()
-def head_means(terms: Terms, rows: np.ndarray | None = None, chunk: int = 1024) -> torch.Tensor:
+def head_means(terms: Terms, rows: np.ndarray | Sequence[int] | None = None,
+               chunk: int = 1024) -> Float[Tensor, "layer head d_embed"]:
     """Mean of every head's term over images, ``[layer, head, d_embed]`` (float64 accumulation).
 
     Args:
@@ -79,23 +82,41 @@ def head_means(terms: Terms, rows: np.ndarray | None = None, chunk: int = 1024) 
     return (acc / n).float()
 
 
-def orthonormal_basis(directions: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """Orthonormal basis ``[r, d_embed]`` of the span of ``directions [m, d_embed]`` (reduced QR).
+def orthonormal_basis(directions: Float[Tensor, "m d_embed"], tol: float = 1e-6) -> Float[Tensor, "r d_embed"]:
+    """Orthonormal basis ``[r, d_embed]`` of the span of ``directions [m, d_embed]`` (Gram-Schmidt, float64).
 
-    The basis follows the order of the directions (Gram-Schmidt order); a direction that is
-    (numerically) in the span of the previous ones is dropped.
+    The basis follows the order of the directions; a direction that is (numerically, relative
+    to ``tol`` times the longest direction) in the span of the previous ones is dropped, and the
+    directions after it are still used.
+
+    Example::
+
+        >>> orthonormal_basis(torch.tensor([[2.0, 0.0, 0.0], [4.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+        tensor([[1., 0., 0.],
+                [0., 1., 0.]])
+
+    Raises:
+        ValueError: no directions, or all of them zero.
     """
     d = directions.detach().double()
     if d.dim() != 2 or d.shape[0] == 0:
         raise ValueError(f"directions must be [m, d_embed] with m >= 1, got {tuple(d.shape)}")
-    q, r = torch.linalg.qr(d.T, mode="reduced")
-    keep = r.diagonal().abs() > tol * d.norm(dim=1).max()
-    if not keep.any():
+    cut = tol * float(d.norm(dim=1).max())
+    basis: list[torch.Tensor] = []
+    for v in d:  # Gram-Schmidt, twice per vector (stable in float64); a dependent vector is skipped
+        w = v.clone()
+        for _ in range(2):
+            for q in basis:
+                w = w - (w @ q) * q
+        if float(w.norm()) > cut:
+            basis.append(w / w.norm())
+    if not basis:
         raise ValueError("all concept directions are zero: are the two texts of each pair identical?")
-    return (q[:, keep] * r.diagonal()[keep].sign()).T.float()
+    return torch.stack(basis).float()
 
 
-def inject(x: torch.Tensor, basis: torch.Tensor, strength: float = 1.0, renormalize: bool = True) -> torch.Tensor:
+def inject(x: Float[Tensor, "batch d_embed"], basis: Float[Tensor, "r d_embed"], strength: float = 1.0,
+           renormalize: bool = True) -> Float[Tensor, "batch d_embed"]:
     """Amplify ``x [n, d_embed]`` along orthonormal ``basis [r, d_embed]`` (or, ``strength < 0``, damp it).
 
     ``renormalize=True`` (paper, and RoboShot): ``x <- x + strength * cos(x, q) q``, then
@@ -137,8 +158,8 @@ class ConceptBases:
         keys: a name per basis (e.g. ``"nurse|surgeon"``), for display.
     """
 
-    bases: list[torch.Tensor]
-    index: np.ndarray
+    bases: list[Float[Tensor, "_ d_embed"]]
+    index: Int[np.ndarray, " batch"] | Sequence[int]
     keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -151,8 +172,9 @@ class ConceptBases:
         return ConceptBases(self.bases, self.index[rows], self.keys)
 
 
-def concept_bases(keyed: dict[str, torch.Tensor], class_names: Sequence[str], candidates: np.ndarray | None = None,
-                  logits: torch.Tensor | None = None) -> ConceptBases:
+def concept_bases(keyed: dict[str, Float[Tensor, "_ d_embed"]], class_names: Sequence[str],
+                  candidates: Int[np.ndarray, "batch k"] | None = None,
+                  logits: Float[Tensor, "batch n_class"] | None = None) -> ConceptBases:
     """Per-image concept bases from bases keyed by class pair (``"a|b"``, either order).
 
     Each image uses the basis of its two candidate classes (``candidates [n, 2]``, e.g. the true
@@ -225,10 +247,10 @@ class Correction:
     """
 
     ablate: list[Head] = field(default_factory=list)
-    ablate_values: torch.Tensor | None = None
+    ablate_values: Float[Tensor, "n_ablate d_embed"] | None = None
     reference: str = ""
     inject: list[Head] = field(default_factory=list)
-    basis: torch.Tensor | ConceptBases | None = None
+    basis: Float[Tensor, "r d_embed"] | ConceptBases | None = None
     strength: float = 1.0
     renormalize: bool = True
 
@@ -244,7 +266,7 @@ class Correction:
             raise ValueError("injection needs a basis of concept directions (orthonormal_basis(pair_directions(...)))")
 
     @classmethod
-    def mean_ablation(cls, heads: Sequence[Head], means: torch.Tensor, layers: Sequence[int],
+    def mean_ablation(cls, heads: Sequence[Head], means: Float[Tensor, "layer head d_embed"], layers: Sequence[int],
                       reference: str) -> "Correction":
         """Mean-ablate ``heads`` with ``means [layer, head, d_embed]`` from :func:`head_means`.
 
@@ -267,10 +289,11 @@ class Correction:
         heads = parse_heads(heads)
         return cls(ablate=heads, ablate_values=torch.zeros(len(heads), d_embed) if heads else None, reference="zero")
 
-    def with_injection(self, heads: Sequence[Head], basis: torch.Tensor | ConceptBases, strength: float = 1.0,
-                       renormalize: bool = True) -> "Correction":
+    def with_injection(self, heads: Sequence[Head], basis: Float[Tensor, "r d_embed"] | ConceptBases,
+                       strength: float = 1.0, renormalize: bool = True) -> "Correction":
         """A copy that also injects the concept ``basis`` into ``heads``."""
-        return Correction(self.ablate, self.ablate_values, self.reference, list(heads), basis, strength, renormalize)
+        return Correction(self.ablate, self.ablate_values, self.reference, parse_heads(heads), basis, strength,
+                          renormalize)
 
     def describe(self) -> dict:
         return {"ablate": [head_label(*h) for h in self.ablate], "reference": self.reference,
@@ -280,7 +303,8 @@ class Correction:
                     len(self.basis.bases) if isinstance(self.basis, ConceptBases) else int(self.basis.shape[0]))}
 
 
-def head_delta(heads: torch.Tensor | Terms, layers: Sequence[int], correction: Correction) -> torch.Tensor:
+def head_delta(heads: Float[Tensor, "batch layer head d_embed"] | Terms, layers: Sequence[int],
+               correction: Correction) -> Float[Tensor, "batch d_embed"]:
     """Change of the summed embedding ``[n, d_embed]`` that ``correction`` makes.
 
     Args:
@@ -314,7 +338,7 @@ def _pos(layers: list[int], l: int) -> int:
 
 @torch.inference_mode()
 def corrected_logits(lens: LogitLens, correction: Correction, terms: Terms | None = None,
-                     classifier: torch.Tensor | None = None) -> torch.Tensor:
+                     classifier: Float[Tensor, "d_embed n_class"] | None = None) -> Float[Tensor, "batch n_class"]:
     """Logits ``[n, n_class]`` after the correction, computed on the logit lens.
 
     Ablation is pure arithmetic on the lens. Injection needs the injected heads' terms, read
@@ -345,7 +369,8 @@ def _inject_delta(lens: LogitLens, correction: Correction, terms: Terms | None) 
 
 
 @torch.inference_mode()
-def corrected_embedding(lens: LogitLens, correction: Correction, terms: Terms | None = None) -> torch.Tensor:
+def corrected_embedding(lens: LogitLens, correction: Correction,
+                        terms: Terms | None = None) -> Float[Tensor, "batch d_embed"]:
     """The edited summed embedding ``[n, d_embed]`` (not renormalised)."""
     total = lens.total.clone()
     if correction.ablate:
@@ -384,7 +409,8 @@ class DebiasedEncoder:
         _layer_list(self.hooked, self.layers)  # validates the layer indices
 
     @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor, basis_index: np.ndarray | None = None) -> torch.Tensor:
+    def __call__(self, pixels: Float[Tensor, "batch 3 H W"],
+                 basis_index: Int[np.ndarray, " batch"] | None = None) -> Float[Tensor, "batch d_embed"]:
         """Debiased embeddings ``[batch, d_embed]``.
 
         Args:

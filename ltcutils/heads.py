@@ -25,7 +25,10 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, SupportsIndex
+
+import numpy as np
 
 __all__ = ["Head", "head_label", "parse_head", "parse_heads", "check_heads", "model_shape"]
 
@@ -35,7 +38,7 @@ Head = tuple[int, int]
 _LABEL = re.compile(r"^L(\d+)H(\d+)$", re.IGNORECASE)
 
 
-def head_label(layer: int, head: int) -> str:
+def head_label(layer: SupportsIndex | float, head: SupportsIndex | float) -> str:
     """TransformerLens-style label ``L{layer}H{head}`` of a head.
 
     Raises:
@@ -55,7 +58,7 @@ def _index(v: Any, what: str, whole: Any) -> int:
     return i
 
 
-def parse_head(h: str | Sequence[int]) -> Head:
+def parse_head(h: str | Sequence[Any] | np.ndarray) -> Head:
     """``"L10H3"`` (any case) or ``(10, 3)`` -> ``(10, 3)``.
 
     Raises:
@@ -75,14 +78,14 @@ def parse_head(h: str | Sequence[int]) -> Head:
     return _index(l, "layer", h), _index(hh, "head", h)
 
 
-def parse_heads(heads: Iterable[str | Sequence[int]]) -> list[Head]:
+def parse_heads(heads: Iterable[Any]) -> list[Head]:
     """:func:`parse_head` over a list; a single label string is refused (it would be read letter by letter)."""
     if isinstance(heads, str):
         raise ValueError(f"expected a list of heads, got the single string {heads!r}; write [{heads!r}]")
     return [parse_head(h) for h in heads]
 
 
-def check_heads(heads: Iterable[str | Sequence[int]], n_layers: int | None, n_heads: int,
+def check_heads(heads: Iterable[Any], n_layers: int | None, n_heads: int,
                 layers: Sequence[int] | None = None, what: str = "head") -> list[Head]:
     """Parse ``heads`` and check each lies in a model of ``n_layers x n_heads`` (and in ``layers``).
 

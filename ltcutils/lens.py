@@ -6,20 +6,34 @@ non-head terms ``[n, n_class]`` and the summed embedding ``[n, d_embed]``. Mean 
 head controls and TextSpan ablation are then arithmetic on these logits (exactly equal to
 editing the terms and re-classifying, since ``(sum of terms) @ W == sum of (term @ W)``).
 
+Predictions everywhere in the package go through :func:`predict_logits` (the argmax among each
+image's candidate classes): ``EvalSplit.predict``, ``baselines.predict`` and ``locate.margins``
+call it, so there is one prediction rule.
+
+Shapes (checked at test time with jaxtyping): ``batch`` images, ``layer`` captured layers,
+``head`` heads per layer, ``n_class`` classes, ``d_embed`` the joint space.
+
 Example::
 
     >>> lens = ltc.lens.logit_lens(store.terms, classifier)          # doctest: +SKIP
-    >>> lens.logits().argmax(1)                                       # zero-shot predictions
+    >>> predict_logits(lens.logits())                                 # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from .store import Terms
+
+#: per-image candidate classes: ``[batch, k]`` global class indices (numpy, torch or nested lists)
+Candidates = Int[np.ndarray, "batch k"] | Int[Tensor, "batch k"] | Sequence[Sequence[int]]
 
 __all__ = ["LogitLens", "logit_lens", "predict_logits", "mask_candidates", "MAX_LENS_BYTES"]
 
@@ -39,10 +53,10 @@ class LogitLens:
         layers: the layer index of each ``head`` row.
     """
 
-    head: torch.Tensor
-    static: torch.Tensor
-    total: torch.Tensor
-    classifier: torch.Tensor
+    head: Float[Tensor, "batch layer head n_class"]
+    static: Float[Tensor, "batch n_class"]
+    total: Float[Tensor, "batch d_embed"]
+    classifier: Float[Tensor, "d_embed n_class"]
     layers: tuple[int, ...]
 
     def __len__(self) -> int:
@@ -52,7 +66,7 @@ class LogitLens:
     def n_heads(self) -> int:
         return self.head.shape[2]
 
-    def logits(self) -> torch.Tensor:
+    def logits(self) -> Float[Tensor, "batch n_class"]:
         """Zero-shot logits of the unedited embedding ``[n, n_class]``."""
         return self.static + self.head.sum((1, 2))
 
@@ -70,7 +84,7 @@ class LogitLens:
 
 
 @torch.inference_mode()
-def logit_lens(terms: Terms, classifier: torch.Tensor, chunk: int = 256) -> LogitLens:
+def logit_lens(terms: Terms, classifier: Float[Tensor, "_ n_class"], chunk: int = 256) -> LogitLens:
     """One streaming pass over ``terms`` computing per-head logits, static logits and totals.
 
     Args:
@@ -104,10 +118,16 @@ def logit_lens(terms: Terms, classifier: torch.Tensor, chunk: int = 256) -> Logi
     return LogitLens(head, static, total, W, tuple(terms.layers))
 
 
-def mask_candidates(logits: torch.Tensor, candidates: np.ndarray | torch.Tensor | None) -> torch.Tensor:
-    """``logits [n, n_class]`` with every class outside each row's ``candidates [n, k]`` set to -inf.
+def mask_candidates(logits: Float[Tensor, "batch n_class"],
+                    candidates: Candidates | None) -> Float[Tensor, "batch n_class"]:
+    """``logits [batch, n_class]`` with every class outside each row's ``candidates [batch, k]`` set to -inf.
 
     Global class indexing is kept. ``candidates=None`` returns ``logits`` unchanged.
+
+    Example::
+
+        >>> mask_candidates(torch.tensor([[5.0, 1.0, 2.0]]), [[1, 2]])
+        tensor([[-inf, 1., 2.]])
 
     Raises:
         ValueError: on a candidates array of the wrong shape or with indices out of range.
@@ -124,6 +144,26 @@ def mask_candidates(logits: torch.Tensor, candidates: np.ndarray | torch.Tensor 
     return masked.scatter(1, cand, logits.gather(1, cand))
 
 
-def predict_logits(logits: torch.Tensor, candidates: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
-    """Argmax class ``[n]`` (global index); with ``candidates [n, k]`` only those classes compete."""
+def predict_logits(logits: Float[Tensor, "batch n_class"], candidates: Candidates | None = None) -> Int[Tensor, " batch"]:
+    """The predicted class of each image: the argmax of ``logits``, among its candidates if given.
+
+    The package's one prediction rule (zero-shot, corrected, baselines and locate all use it).
+
+    Args:
+        logits: ``[batch, n_class]``.
+        candidates: optional ``[batch, k]`` global class indices that compete for each image.
+
+    Returns:
+        ``[batch]`` global class indices (ties: the lowest index).
+
+    Example::
+
+        >>> predict_logits(torch.tensor([[5.0, 1.0, 2.0], [0.0, 3.0, 3.0]]))
+        tensor([0, 1])
+        >>> predict_logits(torch.tensor([[5.0, 1.0, 2.0], [0.0, 3.0, 3.0]]), candidates=[[1, 2], [0, 2]])
+        tensor([2, 2])
+
+    Raises:
+        ValueError: see :func:`mask_candidates`.
+    """
     return mask_candidates(logits, candidates).argmax(1)

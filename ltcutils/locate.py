@@ -33,14 +33,20 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 
 from .heads import Head, check_heads, head_label, model_shape, parse_head, parse_heads
-from .lens import LogitLens, mask_candidates, predict_logits
+from .lens import Candidates, LogitLens, mask_candidates, predict_logits
+
+#: per-image integer labels ``[batch]`` (numpy, torch or a list)
+Labels = Int[np.ndarray, " batch"] | Int[Tensor, " batch"] | Sequence[int]
 
 __all__ = [
     "HeadSelection",
@@ -62,17 +68,21 @@ class LocateError(ValueError):
     """Locating heads is impossible with the given samples (say, no wrong predictions)."""
 
 
-def margins(lens: LogitLens, y: np.ndarray, candidates: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def margins(lens: LogitLens, y: Labels, candidates: Candidates | None = None
+            ) -> tuple[Float[Tensor, "batch layer head"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
     """Per-head direct margin of the predicted class over its competitor.
 
     Args:
         lens: the logit lens of the images.
-        y: ``[n]`` true classes (global index).
-        candidates: optional ``[n, k]`` classes each image is classified among.
+        y: ``[batch]`` true classes (global index).
+        candidates: optional ``[batch, k]`` classes each image is classified among.
 
     Returns:
-        ``(margin [n, layer, head], pred [n], competitor [n])``; the competitor is the true class
-        for a wrong prediction and the runner-up for a correct one.
+        ``(margin [batch, layer, head], pred [batch], competitor [batch])``; the competitor is the
+        true class for a wrong prediction and the runner-up for a correct one.
+
+    Raises:
+        LocateError: fewer than two competing classes per image.
     """
     masked = mask_candidates(lens.logits(), candidates)
     pred = predict_logits(masked)
@@ -89,11 +99,23 @@ def margins(lens: LogitLens, y: np.ndarray, candidates: np.ndarray | None = None
     return m, pred, comp
 
 
-def top_head_frequencies(margin: torch.Tensor, mask: np.ndarray | torch.Tensor) -> tuple[np.ndarray, int]:
+def top_head_frequencies(margin: Float[Tensor, "batch layer head"],
+                         mask: Bool[np.ndarray, " batch"] | Bool[Tensor, " batch"]
+                         ) -> tuple[Float[np.ndarray, "layer head"], int]:
     """Share of images in ``mask`` whose largest-margin head is each head.
+
+    Args:
+        margin: ``[batch, layer, head]`` from :func:`margins`.
+        mask: ``[batch]`` the images counted.
 
     Returns:
         ``(F [layer, head] summing to 1 (or all zeros for an empty set), count)``.
+
+    Example::
+
+        >>> m = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]], [[0.0, 3.0]]])   # 3 images, 1 layer, 2 heads
+        >>> top_head_frequencies(m, np.array([True, True, False]))
+        (array([[0.5, 0.5]]), 2)
     """
     mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
     n, L, H = margin.shape
@@ -106,7 +128,7 @@ def top_head_frequencies(margin: torch.Tensor, mask: np.ndarray | torch.Tensor) 
     return F.reshape(L, H).numpy(), count
 
 
-def pseudo_groups(group: np.ndarray, spurious: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+def pseudo_groups(group: Labels, spurious: Labels, predicted: Labels) -> Int[np.ndarray, " batch"]:
     """Groups with the spurious label replaced by a prediction.
 
     Every dataset here encodes ``group = base(y) + spurious`` (Waterbirds: ``2 * y + s``;
@@ -184,8 +206,14 @@ def _conflicting_by_name(dataset: str) -> list[int]:
     return list(got)
 
 
-def conflicting_mask(group: np.ndarray, conflicting: Sequence[int]) -> np.ndarray:
-    """Boolean ``[n]``: the image's group is one of the bias-conflicting groups."""
+def conflicting_mask(group: Labels, conflicting: Sequence[int]) -> Bool[np.ndarray, " batch"]:
+    """Boolean ``[batch]``: the image's group is one of the bias-conflicting groups.
+
+    Example::
+
+        >>> conflicting_mask(np.array([0, 1, 2, 3]), [1, 2])
+        array([False,  True,  True, False])
+    """
     return np.isin(np.asarray(group), np.asarray(list(conflicting)))
 
 
@@ -277,7 +305,7 @@ class HeadSelection:
         Raises:
             ValueError: see :meth:`check` (an empty spurious set is refused unless ``allow_empty``).
         """
-        from .store import atomic_write
+        from .io import atomic_write
 
         path = Path(path)
         self.check(allow_empty=allow_empty, where=f"refusing to write {path}")
@@ -307,6 +335,7 @@ class HeadSelection:
             table = pd.DataFrame(d.pop("table")) if "table" in d else None
             d.pop("spurious_labels", None)
             d.pop("salient_labels", None)
+            d["spurious"], d["salient"] = parse_heads(d["spurious"]), parse_heads(d["salient"])
             sel = cls(**d, table=table)
         except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{path} is not a heads file written by HeadSelection.save ({exc}); "
@@ -345,19 +374,19 @@ def _json_default(o):
 
 def locate(
     lens: LogitLens,
-    y: np.ndarray,
-    group: np.ndarray | None = None,
+    y: Labels,
+    group: Labels | None = None,
     *,
     groups: str = "true",
     conflicting: Sequence[int] | None = None,
-    spurious_logits: torch.Tensor | None = None,
-    spurious: np.ndarray | None = None,
-    candidates: np.ndarray | None = None,
+    spurious_logits: Float[Tensor, "batch n_spurious"] | None = None,
+    spurious: Labels | None = None,
+    candidates: Candidates | None = None,
     rule: str = "threshold",
     k: int | None = None,
     score: str = "count",
     split: str = "",
-    model: dict | None = None,
+    model: Any = None,
     data: dict | None = None,
 ) -> HeadSelection:
     """Locate spurious and salient heads from top-head frequencies.

@@ -16,7 +16,8 @@ torch.set_num_threads(1)
 # Shape annotations (jaxtyping) are enforced at test time only: the import hook wraps every
 # function and dataclass of these modules with beartype when they are first imported, which is
 # after this file runs. Add a module here once its public tensor functions are annotated.
-TYPECHECKED_MODULES = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations"]
+TYPECHECKED_MODULES = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations", "ltcutils.heads", "ltcutils.lens",
+                       "ltcutils.locate", "ltcutils.correct", "ltcutils.baselines"]
 from jaxtyping import install_import_hook  # noqa: E402
 
 install_import_hook(TYPECHECKED_MODULES, "beartype.beartype")

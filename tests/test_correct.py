@@ -19,6 +19,20 @@ def test_orthonormal_basis_drops_dependent_directions():
         orthonormal_basis(torch.zeros(2, 3))
 
 
+def test_orthonormal_basis_keeps_directions_after_a_dependent_one():
+    # before (reduced QR): the dependent second row made QR pick an arbitrary second axis, and the
+    # independent third row [1, 1, 0] was dropped, leaving a basis of rank 1
+    q = orthonormal_basis(torch.tensor([[2.0, 0.0, 0.0], [4.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+    assert torch.allclose(q, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(5, 8, generator=g)
+    d = torch.cat([d[:2], d[:1] * 3 - d[1:2], d[2:]])  # row 2 depends on rows 0, 1
+    q = orthonormal_basis(d)
+    assert q.shape == (5, 8) and torch.allclose(q @ q.T, torch.eye(5), atol=1e-6)
+    # the same span: every direction is its own projection onto the basis
+    assert torch.allclose(d @ q.T @ q, d, atol=1e-5)
+
+
 def test_inject_paper_mode_by_hand():
     x = torch.tensor([[3.0, 4.0]])  # cos with e1 = 0.6
     q = torch.tensor([[1.0, 0.0]])

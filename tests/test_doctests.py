@@ -9,7 +9,8 @@ import importlib
 
 import pytest
 
-DOCTESTED = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations"]
+DOCTESTED = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations", "ltcutils.heads", "ltcutils.lens",
+             "ltcutils.locate", "ltcutils.correct", "ltcutils.baselines", "ltcutils.text", "ltcutils.datasets.registry"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)
