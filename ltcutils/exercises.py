@@ -146,6 +146,7 @@ def write_learner_notebooks(out: str | Path, notebooks_dir: str | Path | None = 
     """
     import nbformat
 
+    from .io import atomic_write
     from .workbook import list_notebooks
     from .workbook.notebooks import default_notebooks_dir
 
@@ -158,9 +159,7 @@ def write_learner_notebooks(out: str | Path, notebooks_dir: str | Path | None = 
     for path in list_notebooks(Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()):
         nb = learner_notebook(nbformat.read(str(path), as_version=4), output_dir=str(rel))
         dest = out / path.name
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        nbformat.write(nb, str(tmp))
-        tmp.replace(dest)
+        atomic_write(dest, nbformat.writes(nb))
         written.append(dest)
     return written
 

@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -244,7 +245,10 @@ def summary(
         * ``gap = avg_sample - wg`` and ``gap_group = avg_group - wg``;
         * ``avg_train`` and ``gap_train = avg_train - wg`` when ``train_proportions`` is given;
         * ``n``: number of items; ``acc_<name>`` and ``n_<name>`` for every group
-          (``<name>`` is the group name, or the id when no names are given).
+          (``<name>`` is the group name, or the id when no names are given);
+        * ``empty_groups``: only when some group has no items: their names, comma-separated.
+          WG and the group-balanced average are then taken over the other groups only (a
+          warning says so too), so a WG from a split missing its worst group reads as such.
     """
     if n_groups is None and group_names is not None:
         n_groups = len(group_names)
@@ -265,6 +269,12 @@ def summary(
         out["gap_train"] = out["avg_train"] - out["wg"]
     out["worst_group"] = labels[int(np.nanargmin(acc))]
     out["n"] = n_items
+    empty = [name for name, k in zip(labels, df["n"]) if k == 0]
+    if empty:
+        out["empty_groups"] = ", ".join(empty)
+        warnings.warn(f"group{'s' if len(empty) > 1 else ''} {', '.join(empty)} ha{'ve' if len(empty) > 1 else 's'} "
+                      f"no items: WG and avg_group are over the other {n_groups - len(empty)} groups only "
+                      "(metrics key empty_groups)", stacklevel=2)
     for name, a, k in zip(labels, acc, df["n"]):
         out[f"acc_{name}"] = float(a)
         out[f"n_{name}"] = int(k)

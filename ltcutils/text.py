@@ -291,7 +291,7 @@ def _compute_text(model, bank: PromptBank, lam: float) -> dict:
 def _write_text_cache(path: Path, text: dict, meta: dict[str, str]) -> None:
     from safetensors.torch import save
 
-    from .store import atomic_write
+    from .io import atomic_write
 
     tensors = {k: text[k].detach().float().cpu().contiguous() for k in _PLAIN if text.get(k) is not None}
     keyed = text.get("injection_keyed") or {}

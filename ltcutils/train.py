@@ -30,7 +30,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from . import metrics
 from .datasets import synthetic as syn
 from .datasets.base import GroupDataset
+from .io import atomic_write
 
 __all__ = [
     "TrainConfig",
@@ -242,24 +242,14 @@ def save_checkpoint(clip: torch.nn.Module, path: str | os.PathLike, metadata: di
     ``metadata`` is stored JSON-encoded under the header key ``"ltc"``; the file loads with
     ``ltcutils.models.load_model("ltc-tiny", pretrained=path)``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.detach().cpu().half() if fp16 and v.is_floating_point() else v.detach().cpu()).contiguous()
           for k, v in clip.state_dict().items()}
     meta = {"format": "pt", "ltc": json.dumps(metadata or {}, sort_keys=True, default=str)}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, save(sd, metadata=meta))
     return path
 
 
@@ -287,10 +277,7 @@ def training_images(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None
     images = syn.render_batch([int(s) for s in ds.ids], progress=progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npy", dir=cache.parent)
-        os.close(fd)
-        np.save(tmp, images, allow_pickle=False)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda f: np.save(f, images, allow_pickle=False))
     return ds, images
 
 

@@ -95,3 +95,14 @@ def test_setup_names_a_bad_model_before_the_pretrained_default(name, match, tmp_
     with pytest.raises(ModelLoadError, match=match):
         ltc.experiment.setup(model=name, output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_saved_checkpoint_has_the_usual_mode_and_loads(tiny, tmp_path):
+    import stat
+
+    from ltcutils.io import file_mode
+
+    p = ltc.train.save_checkpoint(tiny.clip, tmp_path / "ck" / "tiny.safetensors", metadata={"steps": 1})
+    assert stat.S_IMODE(p.stat().st_mode) == file_mode() and sorted(x.name for x in p.parent.iterdir()) == [p.name]
+    assert ltc.train.read_checkpoint_metadata(p) == {"steps": 1}
+    assert load_model("ltc-tiny", pretrained=p).fingerprint.startswith("sha256:")

@@ -26,7 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from .base import DatasetError, GroupDataset
-from .registry import build, check_split, conflicting_by_correlation, dataset_root, meta_error, require_dir, require_file
+from .registry import (build, check_split, conflicting_by_correlation, dataset_root, inside_root, meta_error,
+                       require_dir, require_file)
 
 __all__ = ["load_celeba", "ATTRIBUTES", "EXPECTED_SIZES", "EXPECTED_GROUP_SIZES"]
 
@@ -103,7 +104,7 @@ def _read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
         if len(code) != len(names) or not set(code) <= ok:
             c = next(j for j, v in enumerate(parts[1:]) if v not in ("1", "-1"))
             raise meta_error(path, i, names[c], f"expected 1 or -1, got {parts[1 + c]!r}")
-        files.append(parts[0])
+        files.append(inside_root(path, i, None, parts[0]))
         codes.append(code)
     if len(files) != count:
         raise meta_error(path, 1, None, f"the header says {count} images but the file lists {len(files)}; "

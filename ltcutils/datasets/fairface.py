@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import GroupDataset
-from .registry import build, check_split, dataset_root, meta_error, open_csv, require_file
+from .registry import build, check_split, dataset_root, inside_root, meta_error, open_csv, require_file
 
 __all__ = ["load_fairface", "CONCEPTS", "AGE_BINS", "RACES", "GENDERS", "EXPECTED_SIZES"]
 
@@ -74,6 +74,7 @@ def _read_labels(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndar
             fname = row[col["file"]].strip()
             if not fname:
                 raise meta_error(path, line, "file", "expected an image path relative to the dataset folder, got ''")
+            inside_root(path, line, "file", fname)
             if has_service:
                 raw = row[col["service_test"]].strip()
                 if raw not in ("True", "False"):

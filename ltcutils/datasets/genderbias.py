@@ -179,6 +179,9 @@ def read_occupation_pairs(path: str | os.PathLike) -> dict[str, OccupationPair]:
             for c, v in (("job_male", jm), ("job_female", jf)):
                 if not v:
                     raise meta_error(path, line, c, "expected an occupation name, got ''")
+            if jm.casefold() == jf.casefold():
+                raise meta_error(path, line, "job_female", f"{jf!r} is paired with itself; a pair needs two "
+                                                           "different occupations (fix or remove the row)")
             ratios = []
             for c in ("job_male_ratio", "job_female_ratio"):
                 raw = row[col[c]].strip()

@@ -161,6 +161,22 @@ def meta_error(path: Path, line: int, column: str | None, message: str) -> Datas
     return DatasetError(f"{path}: line {line}{col}: {message}")
 
 
+def inside_root(path: Path, line: int, column: str | None, value: str) -> str:
+    """``value`` (an image path from a metadata file) if it stays inside the dataset folder.
+
+    The check is on the text (``..`` and absolute paths), so a dataset folder that links its
+    images in from elsewhere still works.
+
+    Raises:
+        DatasetError: ``value`` is absolute or climbs out of the folder (names the file, line, value).
+    """
+    norm = os.path.normpath(value)
+    if os.path.isabs(value) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise meta_error(path, line, column, f"{value!r} points outside the dataset folder; image paths must be "
+                                             "relative to it (fix or remove the row)")
+    return value
+
+
 @contextlib.contextmanager
 def open_csv(
     path: Path, columns: Sequence[str], expected: str

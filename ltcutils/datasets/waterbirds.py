@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetError, GroupDataset
-from .registry import build, check_split, dataset_root, meta_error, open_csv, require_file
+from .registry import build, check_split, dataset_root, inside_root, meta_error, open_csv, require_file
 
 __all__ = ["load_waterbirds", "CLASS_NAMES", "SPURIOUS_NAMES", "GROUP_NAMES", "PLACE_CATEGORIES",
            "EXPECTED_SIZES", "EXPECTED_GROUP_SIZES"]
@@ -80,6 +80,7 @@ def _read_metadata(path: Path) -> list[tuple[int, str, int, int, int, str]]:
             fname = row[col["img_filename"]].strip()
             if not fname:
                 raise meta_error(path, line, "img_filename", "expected an image path relative to the dataset folder, got ''")
+            inside_root(path, line, "img_filename", fname)
             rows.append((line, fname, vals["y"], vals["split"], vals["place"],
                          _place_category(row[col["place_filename"]])))
     return rows

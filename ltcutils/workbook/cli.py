@@ -146,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WorkbookError, FileNotFoundError, ValueError) as e:
         print(f"ltc: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ltc: interrupted; finished notebooks and cached captures are kept, resume with the same command",
+              file=sys.stderr)
+        return 130
     return 2
 
 

@@ -1,4 +1,11 @@
-"""Execute notebooks through papermill into one run folder, with a run record."""
+"""Execute notebooks through papermill into one run folder, with a run record.
+
+The run record ``ltc_run.json`` is the only source of a notebook's status: it is rewritten
+(atomically) before each notebook starts, saying ``running``, and says ``ok`` only after the
+runner saw the notebook finish. A dead kernel, Ctrl-C (``interrupted``) or a killed runner
+therefore never reads as ``ok``, whatever papermill left in the executed notebook. A lock file
+keeps a second run out of a folder while one is writing there.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..io import atomic_write
 from .base import _PYTHON_NAMES, MANIFEST, METRICS_DIR, OUTPUT_DIR, NotebookFailed, WorkbookError
 from .notebooks import default_notebooks_dir, list_notebooks, notebook_parameters, select_notebooks
 from .parameters import resolve_parameters
@@ -27,7 +36,7 @@ class NotebookRun:
     source: Path
     output: Path
     parameters: dict[str, Any]
-    status: str = "not run"  # "ok", "failed" or "not run"
+    status: str = "not run"  # "ok", "failed", "interrupted", "running" or "not run"
     seconds: float | None = None
     metrics_path: Path | None = None
     error: str | None = None
@@ -148,7 +157,98 @@ def _source_index(source_nb, executed_index: int, injected: bool) -> int | None:
     return executed_index - 1 if executed_index > pos else executed_index
 
 
-def _write_manifest(result: RunResult, extra: dict) -> None:
+LOCK = ".ltc_run.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``.ltc_run.lock``, an advisory ``flock``).
+
+    Held for the whole of a run; the system drops it when the process ends, however it ends,
+    so a killed run leaves no stale lock. The file holds who took it (pid, host, start, command).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK
+        self._f = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or raise WorkbookError naming the run that holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = _holder_text(f.read())
+            f.close()
+            raise WorkbookError(f"another ltc run ({holder}) is using {self.path.parent}; wait for it to finish or "
+                                "pass another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": datetime.now().isoformat(timespec="seconds"), "command": sys.argv[:8]}))
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()  # closing drops the flock
+            self._f = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder_text(text: str) -> str:
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']}, started {h['started']} on {h['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "unknown process"
+
+
+def lock_holder(run_dir: str | os.PathLike) -> str | None:
+    """Who holds the run folder's lock right now (``"pid N, started T on HOST"``), or None."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return None
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return _holder_text(f.read())
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def _earlier_records(run_dir: Path, names: set[str]) -> dict[str, dict]:
+    """Records of notebooks run into this folder by earlier runs and not part of this one."""
+    try:
+        old = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keep = dict(old.get("earlier") or {})
+    for n in old.get("notebooks") or []:
+        if isinstance(n, dict) and "name" in n:
+            keep[n["name"]] = dict(n, run_started=old.get("started"))
+    return {k: v for k, v in keep.items() if k not in names}
+
+
+def _write_manifest(result: RunResult, extra: dict) -> bool:
+    """Rewrite the run record atomically; on failure (a full disk) warn and return False.
+
+    The record on disk then still says what the previous write said (a notebook ``running``),
+    which the report reads as interrupted: never as a stale ``ok``.
+    """
     data = {
         **extra,
         "python": result.python,
@@ -164,9 +264,12 @@ def _write_manifest(result: RunResult, extra: dict) -> None:
         ],
     }
     path = result.out / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, json.dumps(_plain(data), indent=2) + "\n")
+    except OSError as e:
+        print(f"warning: could not write the run record {path}: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def run_workbook(
@@ -197,12 +300,11 @@ def run_workbook(
         a :class:`RunResult`.
     Raises:
         ParameterError: an unknown parameter (before anything runs).
-        WorkbookError: no notebooks, or the kernel would not use this environment's interpreter.
+        WorkbookError: no notebooks, the kernel would not use this environment's interpreter, or
+            another run holds the run folder (its lock names the process).
         NotebookFailed: a notebook raised (with ``raise_on_error``).
+        KeyboardInterrupt: Ctrl-C; the record says ``interrupted`` for the notebook that ran.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     nb_dir = Path(notebooks_dir) if notebooks_dir is not None else default_notebooks_dir()
     selected = select_notebooks(notebooks, nb_dir)
     workbook = list_notebooks(nb_dir) if nb_dir.is_dir() else []
@@ -224,6 +326,15 @@ def run_workbook(
     run_dir = Path(out) if out is not None else Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _run_locked(selected, resolved, run_dir, params, params_file, kernel, python, kernel_kwargs,
+                           progress, raise_on_error)
+
+
+def _run_locked(selected, resolved, run_dir: Path, params, params_file, kernel: str, python: str,
+                kernel_kwargs: dict, progress: bool, raise_on_error: bool) -> RunResult:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
 
     runs = []
     for path in selected:
@@ -236,6 +347,7 @@ def run_workbook(
                 "params": dict(params or {}),
                 "params_file": None if params_file is None or isinstance(params_file, Mapping)
                 else str(Path(params_file).resolve())}
+    manifest["earlier"] = _earlier_records(run_dir, {n.name for n in runs})
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     say(f"ltc run: {len(runs)} notebook(s) -> {run_dir}  (kernel {kernel}: {python})")
 
@@ -248,9 +360,20 @@ def run_workbook(
         if mpath.exists():
             mpath.unlink()  # a metrics file in the run folder always comes from the latest run
         t0 = time.perf_counter()
+        nb_run.status = "running"
+        _write_manifest(result, manifest)
         try:
+            source = nb_run.source
+            if nb_run.parameters.get("exercises") == "learner":  # the class's copy: exercise stubs (ltcutils.exercises)
+                import nbformat
+
+                from ..exercises import learner_notebook
+
+                source = run_dir / ".learner" / nb_run.source.name
+                source.parent.mkdir(exist_ok=True)
+                nbformat.write(learner_notebook(nbformat.read(str(nb_run.source), as_version=4)), str(source))
             papermill.execute_notebook(
-                str(nb_run.source), str(nb_run.output), parameters=nb_run.parameters, kernel_name=kernel,
+                str(source), str(nb_run.output), parameters=nb_run.parameters, kernel_name=kernel,
                 language="python", cwd=str(run_dir), progress_bar=progress and sys.stderr.isatty(),
                 **kernel_kwargs,
             )
@@ -272,8 +395,8 @@ def run_workbook(
             failure = NotebookFailed(nb_run.error, notebook=nb_run.name, cell_index=idx, source_line=line,
                                      ename=e.ename, evalue=e.evalue, output=nb_run.output)
         except KeyboardInterrupt:
-            nb_run.status = "failed"
-            nb_run.error = "interrupted"
+            nb_run.status = "interrupted"
+            nb_run.error = "interrupted (Ctrl-C); resume with the same command"
             nb_run.seconds = time.perf_counter() - t0
             result.seconds = time.perf_counter() - t_run
             _write_manifest(result, manifest)

@@ -32,10 +32,16 @@ def _cell_value(v: Any) -> Any:
     return v
 
 
-def _executed_info(path: Path | None) -> dict[str, Any]:
-    """Status, seconds and effective parameters of an executed notebook (defaults + injected)."""
+def _executed_info(path: Path | None, run_dir: Path | None = None) -> dict[str, Any]:
+    """Status, seconds and effective parameters of an executed notebook (defaults + injected).
+
+    The status comes from the run record of ``run_dir`` (default: the notebook's folder), see
+    :func:`recorded_status`; papermill's own metadata is not trusted for it (papermill writes an
+    end time even after Ctrl-C or a dead kernel).
+    """
     if path is None:
-        return {"status": "no notebook", "seconds": None, "params": {}}
+        status = recorded_status(run_dir, None) if run_dir is not None else "no notebook"
+        return {"status": status, "seconds": None, "params": {}}
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -43,22 +49,38 @@ def _executed_info(path: Path | None) -> dict[str, Any]:
     params = {name: _literal(p["default"]) for name, p in notebook_parameters(path).items()}
     params.update(pm.get("parameters", {}) or {})
     params.pop(OUTPUT_DIR, None)
-    return {"status": notebook_status(pm), "seconds": pm.get("duration"), "params": params}
+    return {"status": recorded_status(run_dir or path.parent, path.stem), "seconds": pm.get("duration"),
+            "params": params}
 
 
-def notebook_status(papermill_metadata: dict) -> str:
-    """The ``status`` column of a report: how an executed notebook ended.
+def recorded_status(run_dir: Path, stem: str | None) -> str:
+    """The ``status`` column of a report: how the runner recorded a notebook's run.
 
     Args:
-        papermill_metadata: ``metadata.papermill`` of the executed notebook.
+        run_dir: the run folder (its ``ltc_run.json`` is read).
+        stem: the notebook's stem (None: the folder has its metrics but no executed notebook).
     Returns:
-        ``"failed"`` (a cell raised), ``"incomplete"`` (no end time: killed or still running) or ``"ok"``.
+        ``"ok"`` (the runner saw it finish), ``"failed"`` (a cell raised, or the kernel died),
+        ``"interrupted"`` (Ctrl-C, or the run stopped while it ran: killed, or out of disk for its
+        record), ``"running"`` (a live run holds the folder), ``"not run"``, or ``"no record"``
+        (no run record names it: the folder was not written by ``ltc run``).
     """
-    if papermill_metadata.get("exception"):
-        return "failed"
-    if papermill_metadata.get("end_time") is None:
-        return "incomplete"
-    return "ok"
+    from .base import MANIFEST
+    from .execution import lock_holder
+
+    try:
+        record = json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no record"
+    entries = {**(record.get("earlier") or {}),
+               **{n.get("name"): n for n in record.get("notebooks") or [] if isinstance(n, dict)}}
+    entry = entries.get(stem) if stem is not None else None
+    if not isinstance(entry, dict):
+        return "no record"
+    status = str(entry.get("status"))
+    if status == "running":
+        return "running" if lock_holder(run_dir) else "interrupted"
+    return status
 
 
 def _run_labels(dirs: Sequence[Path]) -> list[str]:
@@ -102,7 +124,7 @@ def report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None 
             raise WorkbookError(f"{str(d)!r} holds no executed notebooks and no metrics/*.json; "
                                 "is it a run folder written by `ltc run`?")
         for stem in stems:
-            info = _executed_info(executed.get(stem))
+            info = _executed_info(executed.get(stem), d)
             row: dict[str, Any] = {"run": label, "notebook": stem, "status": info["status"],
                                    "seconds": info["seconds"]}
             for k, v in info["params"].items():
@@ -507,10 +529,9 @@ def paper_report(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str] |
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from ..io import atomic_write
+
+    atomic_write(path, text if text.endswith("\n") else text + "\n")
 
 
 def report_command(args) -> int:

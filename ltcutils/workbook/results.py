@@ -68,15 +68,9 @@ def write_metrics(name_or_path: str | os.PathLike, metrics: Mapping[str, Any],
         raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
     path = metrics_path(output_dir, name_or_path)
     text = json.dumps(_plain(metrics), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from ..io import atomic_write
+
+    return atomic_write(path, text)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict[str, dict]:

@@ -178,10 +178,7 @@ def _write_record(result: SweepResult, grid: Mapping, options: Mapping) -> None:
             "points": [{"name": p.name, "values": p.values, "status": p.status,
                         "seconds": None if p.seconds is None else round(p.seconds, 3), "error": p.error}
                        for p in result.points]}
-    path = result.out / SWEEP_RECORD
-    tmp = path.with_name(f".{SWEEP_RECORD}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_text(result.out / SWEEP_RECORD, json.dumps(_plain(data), indent=2) + "\n")
 
 
 def summarize(points: Sequence[Point], over: str = "seed", notebook: str = METHODS_NOTEBOOK,
