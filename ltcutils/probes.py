@@ -450,7 +450,8 @@ def split_embeddings(ex, split: str, n: int | None = None, seed: int = 0, classi
         except (StoreError, OSError):
             continue
     if store is None:
-        store = capture(ex.model, ds, path=small, batch_size=ex.batch_size, layers=[], mlps="sum", progress=progress)
+        store = capture(ex.model, ds, path=small, batch_size=ex.batch_size, layers=[], mlps="sum", progress=progress,
+                        rebuild=getattr(ex, "rebuild", False))
     return EvalSplit.from_store(store, ex.classifier() if classifier is None else classifier)
 
 
