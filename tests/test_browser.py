@@ -32,11 +32,13 @@ def _free_port() -> int:
 
 
 def _prepare(workspace: Path) -> Path:
-    """The notebook with small parameters injected (papermill's way), its outputs going into the workspace."""
-    from papermill.parameterize import parameterize_notebook
-
+    """The notebook with small parameters in a cell after its parameters cell (as papermill injects
+    them), its outputs going into the workspace."""
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    nb = parameterize_notebook(nb, dict(PARAMS, output_dir=str(workspace / "out")))
+    params = dict(PARAMS, output_dir=str(workspace / "out"))
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])) + 1
+    nb.cells.insert(at, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()),
+                                                  metadata={"tags": ["injected-parameters"]}))
     path = workspace / NOTEBOOK.name
     nbformat.write(nb, str(path))
     return path
@@ -51,9 +53,13 @@ def lab(tmp_path):
     settings.mkdir(parents=True)
     # render every cell (JupyterLab 4 otherwise virtualises the notebook and off-screen outputs leave the DOM)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))  # no pop-up over the cells
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    env.pop("MPLBACKEND", None)  # the test session's Agg would keep the kernel from showing figures inline
     log = open(tmp_path / "jupyterlab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
@@ -128,6 +134,7 @@ def test_notebook_runs_through_the_jupyterlab_ui(lab, chrome, artifacts_dir):
             break
         time.sleep(2)
     time.sleep(2)  # let the last outputs paint
+    chrome.execute_script("const i = document.querySelector('.jp-RenderedImage img'); if (i) i.scrollIntoView();")
     shot = artifacts_dir / "browser_00_explore_benchmark.png"
     chrome.save_screenshot(str(shot))
     errors = chrome.execute_script(ERRORS_JS)

@@ -106,3 +106,12 @@ def test_patch_maps_share_one_signed_scale_with_a_colour_bar(tmp_path):
     overlays = [ax.get_images()[1] for ax in fig.axes[:2]]
     assert all(o.get_clim() == pytest.approx((-3.0, 3.0)) for o in overlays)
     assert fig.axes[-1].get_ylabel() == "contribution to the margin"  # the colour bar
+
+
+def test_pick_examples_shows_both_kinds_when_both_exist():
+    mask = np.array([1, 1, 1, 1, 1, 0, 1], bool)
+    wrong = np.array([1, 0, 1, 1, 0, 1, 0], bool)
+    assert ltc.interpret.pick_examples(mask, wrong, 4).tolist() == [0, 2, 1, 4]
+    assert ltc.interpret.pick_examples(mask, np.zeros(7, bool), 3).tolist() == [0, 1, 2]  # none wrong: all correct
+    assert ltc.interpret.pick_examples(mask, mask, 2).tolist() == [0, 1]  # none correct: all wrong
+    assert ltc.interpret.pick_examples(np.zeros(7, bool), wrong, 2).tolist() == []

@@ -119,3 +119,20 @@ def plot_patch_map(
     if title:
         ax.set_title(title)
     return ax
+
+
+def pick_examples(mask: np.ndarray, wrong: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` indices among ``mask``: half misclassified (``wrong``), half correct, in order.
+
+    When one kind has too few images the other fills the rest, so a figure shows both kinds
+    whenever both exist.
+
+    Args:
+        mask: ``[n_images]`` bool, the images to choose from (e.g. the bias-conflicting ones).
+        wrong: ``[n_images]`` bool, misclassified images.
+        n: how many to pick.
+    """
+    mask, wrong = np.asarray(mask, bool), np.asarray(wrong, bool)
+    bad, good = np.flatnonzero(mask & wrong), np.flatnonzero(mask & ~wrong)
+    k = min(len(bad), max(n - len(good), (n + 1) // 2))
+    return np.concatenate([bad[:k], good[: n - k]]).astype(np.int64)
