@@ -31,7 +31,7 @@ Example (TextSpan on a stored decomposition)::
 from .attributions import CaptionValue, head_text_value, shapley_values, word_shapley
 from .importance import (ablation_importance, average_ranks, grade_heads, kendall_tau, plot_importance_heatmap,
                          plot_scores_vs_oracle, shapley_heads, spearman)
-from .patches import model_view, patch_margin_map, plot_patch_map
+from .patches import model_view, patch_margin_map, pick_examples, plot_patch_map
 from .textspan import TEXT_POOL_DIR, list_text_pools, load_text_pool, textspan, textspan_heads
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "patch_margin_map",
     "model_view",
     "plot_patch_map",
+    "pick_examples",
     "shapley_values",
     "word_shapley",
     "CaptionValue",
