@@ -201,17 +201,21 @@ def test_patch_map_row_major_order():
     assert pmap[0].tolist() == [[0.0, 1.0], [0.0, 0.0]] and cls.tolist() == [0.0]
 
 
-def test_plot_patch_map_overlay():
+def test_plot_patch_map_overlay_keeps_sign_and_units():
+    """A signed map stays signed: colours centred on zero, values not min-max normalised (issue 14)."""
     img = np.zeros((32, 48, 3), dtype=np.uint8)
-    pmap = np.array([[0.0, 0.0], [0.0, 5.0]])
+    pmap = np.array([[-2.0, 0.0], [0.0, 5.0]])
     ax = it.plot_patch_map(img, pmap, title="t")
     ims = ax.get_images()
     assert len(ims) == 2 and ax.get_title() == "t"
     heat = np.asarray(ims[1].get_array())
-    assert heat.shape == (32, 48) and heat.min() == pytest.approx(0) and heat.max() == pytest.approx(1)
-    assert heat[-1, -1] == pytest.approx(1) and heat[0, 0] == pytest.approx(0)
-    ax2 = it.plot_patch_map(img, np.ones((2, 2)))  # constant map: no division by zero
+    assert heat.shape == (32, 48)
+    assert heat[-1, -1] == pytest.approx(5.0, rel=0.2) and heat[0, 0] == pytest.approx(-2.0, rel=0.2)
+    assert ims[1].get_clim() == pytest.approx((-5.0, 5.0))  # symmetric: zero is the middle colour
+    ax2 = it.plot_patch_map(img, np.zeros((2, 2)))  # an all-zero map: no division by zero
     assert np.asarray(ax2.get_images()[1].get_array()).max() == 0
+    ax3 = it.plot_patch_map(img, pmap, vmax=10.0)  # a shared scale for several images
+    assert ax3.get_images()[1].get_clim() == pytest.approx((-10.0, 10.0))
 
 
 def test_model_view_is_a_centre_crop():
