@@ -6,7 +6,9 @@
   :func:`ortho_projection`, :func:`ortho_cali` debias the *text classifier* in closed form.
 * **RoboShot** (Adila et al., ICLR 2024, "Zero-Shot Robustification of Zero-Shot Models"):
   :func:`roboshot` edits the whole *image embedding* along rejected / accepted text directions.
-* **Random-head controls**: :func:`random_head_sets` draws the head sets; the ablation itself
+* **Random-head controls**: :func:`random_head_pool` says which heads a control draws from
+  (the paper's last 4 layers, minus the located heads; a documented fallback when too few
+  remain) and how many distinct sets exist; :func:`random_head_sets` draws them; the ablation itself
   (and TextSpan head ablation, which is "mean-ablate the given heads") is done by
   :mod:`ltcutils.correct`. :func:`mean_and_sd` summarises the draws.
 
@@ -16,6 +18,7 @@ as built by :func:`ltcutils.text.zero_shot_classifier`), logits ``[n, n_class]``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,8 +37,11 @@ __all__ = [
     "ortho_cali",
     "roboshot",
     "random_head_sets",
+    "random_head_pool",
+    "RANDOM_POOL_LAYERS",
     "mean_and_sd",
 ]
+
 
 # ----------------------------------------------------------------------------- zero-shot
 
@@ -283,6 +289,83 @@ def roboshot(
 # ----------------------------------------------------------------------------- random heads
 
 
+#: the paper's pool for random heads: the last 4 attention layers
+RANDOM_POOL_LAYERS = 4
+
+
+def random_head_pool(
+    k: int,
+    layers: Sequence[int],
+    n_heads: int,
+    exclude: Sequence[Head] = (),
+    pool_layers: int | None = RANDOM_POOL_LAYERS,
+    n_ablate: int | None = None,
+) -> tuple[list[Head], dict]:
+    """The heads random sets of size ``k`` are drawn from, and how many distinct sets exist.
+
+    The pool is the last ``pool_layers`` of ``layers`` (the reference draws random heads from
+    the last 4 layers; None = every layer in ``layers``) minus the ``exclude`` heads (the
+    located ones). Documented fallback when that leaves fewer than ``k`` heads (never an
+    error): first earlier layers are added one at a time, then, if every layer together is
+    still too small, the excluded heads are let back in. What happened is recorded.
+
+    Args:
+        k: heads per draw (ablated + injected).
+        layers: the captured layer numbers, in order.
+        n_heads: heads per layer.
+        exclude: ``(layer, head)`` pairs kept out of the pool if possible.
+        pool_layers: how many of the last layers form the pool (None: all).
+        n_ablate: how many of the ``k`` heads are ablated (the rest injected), for counting
+            distinct (ablate, inject) assignments; default ``k`` (all ablated).
+
+    Returns:
+        ``(pool, info)``: the pool as ``(layer, head)`` tuples, and ``info`` with
+        ``pool_layers`` (the layers used), ``pool_size``, ``k``, ``n_possible`` (distinct
+        ablate/inject assignments of ``k`` heads from the pool, an int), ``fallback`` (None,
+        "widened" or "readmitted") and ``message`` (a sentence, empty when no fallback).
+
+    Raises:
+        ValueError: ``k < 1``, ``n_heads < 1``, no layers, or ``k`` more than every head there is.
+    """
+    layers = [int(l) for l in dict.fromkeys(layers)]
+    if k < 1 or n_heads < 1 or not layers:
+        raise ValueError(f"need k >= 1, n_heads >= 1 and at least one layer; got k={k}, n_heads={n_heads}, "
+                         f"layers={layers}")
+    if k > len(layers) * n_heads:
+        raise ValueError(f"cannot draw {k} distinct heads from {len(layers)} layers x {n_heads} heads; "
+                         "draw fewer heads")
+    n_ablate = k if n_ablate is None else int(n_ablate)
+    if not 0 <= n_ablate <= k:
+        raise ValueError(f"n_ablate must be in [0, k={k}], got {n_ablate}")
+    skip = {(int(l), int(h)) for l, h in exclude}
+    n_last = len(layers) if pool_layers is None else max(1, min(int(pool_layers), len(layers)))
+    start = len(layers) - n_last
+
+    def pool_of(first: int, keep_excluded: bool = False) -> list[Head]:
+        return [(l, h) for l in layers[first:] for h in range(n_heads) if keep_excluded or (l, h) not in skip]
+
+    pool, fallback, message = pool_of(start), None, ""
+    first = start
+    while len(pool) < k and first > 0:
+        first -= 1
+        pool = pool_of(first)
+    if first < start and len(pool) >= k:
+        fallback = "widened"
+        message = (f"random control: the last {n_last} layers leave {len(pool_of(start))} heads outside the "
+                   f"{len(skip)} located ones, fewer than the {k} needed; drawing from layers "
+                   f"{layers[first]}..{layers[-1]} instead")
+    if len(pool) < k:
+        pool = pool_of(0, keep_excluded=True)
+        fallback = "readmitted"
+        message = (f"random control: only {len(pool_of(0))} heads lie outside the {len(skip)} located ones, fewer "
+                   f"than the {k} needed; the draws may include located heads (draw fewer heads, e.g. a smaller "
+                   "k_cap, for a clean control)")
+    n_possible = math.comb(len(pool), n_ablate) * math.comb(len(pool) - n_ablate, k - n_ablate)
+    info = {"pool_layers": sorted({l for l, _ in pool}), "pool_size": len(pool), "k": int(k), "n_ablate": n_ablate,
+            "n_possible": int(n_possible), "fallback": fallback, "message": message}
+    return pool, info
+
+
 def random_head_sets(
     n_draws: int,
     k: int,
@@ -290,35 +373,44 @@ def random_head_sets(
     n_heads: int,
     exclude: Sequence[Head] = (),
     seed: int = 0,
+    pool_layers: int | None = None,
+    n_ablate: int | None = None,
+    info: dict | None = None,
 ) -> list[list[Head]]:
-    """Draw ``n_draws`` sets of ``k`` distinct heads uniformly from ``layers``, avoiding ``exclude``.
+    """Draw ``n_draws`` sets of ``k`` distinct heads uniformly from a pool (see :func:`random_head_pool`).
 
     The heads of a draw come in random order (not sorted), so a caller may split one draw into
     roles (the first ``k1`` heads ablated, the rest injected) without favouring early layers.
+    If the pool is too small the documented fallback of :func:`random_head_pool` applies and a
+    warning says so (never an error).
 
     Args:
         n_draws: number of sets.
         k: heads per set.
         layers: layers to draw from (each contributes heads ``0..n_heads-1``).
         n_heads: heads per layer.
-        exclude: ``(layer, head)`` pairs never drawn (e.g. the located heads).
+        exclude: ``(layer, head)`` pairs not drawn (e.g. the located heads).
         seed: seed of ``np.random.default_rng``; the same arguments give the same sets.
+        pool_layers: draw from the last ``pool_layers`` of ``layers`` only (None: all of them;
+            the evaluation's random controls pass the paper's 4).
+        n_ablate: see :func:`random_head_pool` (only used for ``info["n_possible"]``).
+        info: a dict to fill with the pool's description (``n_possible``, ``fallback``, ...).
 
     Returns:
         ``n_draws`` lists of ``k`` ``(layer, head)`` tuples of Python ints.
 
     Raises:
-        ValueError: if ``k`` exceeds the heads available after exclusion, or on bad arguments.
+        ValueError: on bad arguments, or ``k`` larger than all heads there are.
     """
-    if n_draws < 0 or k < 1:
-        raise ValueError(f"need n_draws >= 0 and k >= 1, got n_draws={n_draws}, k={k}")
-    if n_heads < 1:
-        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
-    skip = {(int(l), int(h)) for l, h in exclude}
-    pool = [(int(l), h) for l in dict.fromkeys(layers) for h in range(n_heads) if (int(l), h) not in skip]
-    if k > len(pool):
-        raise ValueError(f"cannot draw {k} distinct heads: layers {list(layers)} x {n_heads} heads leave "
-                         f"{len(pool)} after excluding {len(skip)}; draw fewer heads or allow more layers")
+    if n_draws < 0:
+        raise ValueError(f"need n_draws >= 0, got n_draws={n_draws}")
+    pool, pinfo = random_head_pool(k, layers, n_heads, exclude, pool_layers, n_ablate)
+    if pinfo["message"]:
+        import warnings
+
+        warnings.warn(pinfo["message"], stacklevel=2)
+    if info is not None:
+        info.update(pinfo)
     rng = np.random.default_rng(seed)
     return [[pool[i] for i in rng.choice(len(pool), size=k, replace=False)] for _ in range(n_draws)]
 

@@ -178,8 +178,38 @@ def test_random_head_sets():
     # all 6 allowed heads used when k equals what is available
     full = B.random_head_sets(2, 6, [2, 3], 4, exclude=[(3, 0), (2, 1)])
     assert all(set(s) == allowed for s in full)
-    with pytest.raises(ValueError, match="cannot draw 7"):
-        B.random_head_sets(1, 7, [2, 3], 4, exclude=[(3, 0), (2, 1)])
+    # too few heads left: the located heads are let back in, with a warning (never an error)
+    info = {}
+    with pytest.warns(UserWarning, match="may include located heads"):
+        seven = B.random_head_sets(3, 7, [2, 3], 4, exclude=[(3, 0), (2, 1)], info=info)
+    assert info["fallback"] == "readmitted" and all(len(set(s)) == 7 for s in seven)
+    with pytest.raises(ValueError, match="cannot draw 9"):
+        B.random_head_sets(1, 9, [2, 3], 4)
+
+
+def test_random_head_pool_is_the_last_layers_minus_located_heads():
+    layers = list(range(6))
+    located = [(5, 0), (5, 1), (4, 3), (0, 0)]
+    pool, info = B.random_head_pool(4, layers, 8, exclude=located)
+    # the paper's pool: layers 2..5 (4 x 8 = 32 heads) minus the 3 located heads there
+    assert info["pool_layers"] == [2, 3, 4, 5] and info["pool_size"] == 29 == len(pool)
+    assert not set(pool) & set(located) and {l for l, _ in pool} == {2, 3, 4, 5}
+    assert info["fallback"] is None and info["message"] == ""
+    assert info["n_possible"] == math.comb(29, 4)  # all heads ablated
+    # 2 ablated + 2 injected: ordered roles, C(29, 2) * C(27, 2) assignments
+    _, info2 = B.random_head_pool(4, layers, 8, exclude=located, n_ablate=2)
+    assert info2["n_possible"] == math.comb(29, 2) * math.comb(27, 2)
+    # pool_layers=None: every layer
+    _, every = B.random_head_pool(4, layers, 8, exclude=located, pool_layers=None)
+    assert every["pool_size"] == 48 - 4 and every["pool_layers"] == layers
+    # the pool is too small: earlier layers are added until it is big enough
+    with pytest.warns(UserWarning, match="drawing from layers 3..5"):
+        sets = B.random_head_sets(5, 20, layers, 8, exclude=located, pool_layers=2)
+    assert all(min(l for l, _ in s) >= 3 for s in sets) and all(not set(s) & set(located) for s in sets)
+    _, wide = B.random_head_pool(20, layers, 8, exclude=located, pool_layers=2)
+    assert wide["fallback"] == "widened" and wide["pool_layers"] == [3, 4, 5] and wide["pool_size"] == 21
+    with pytest.raises(ValueError, match="n_ablate"):
+        B.random_head_pool(4, layers, 8, n_ablate=5)
 
 
 def test_mean_and_sd_by_hand():
