@@ -165,8 +165,10 @@ def open_writer(path: str | os.PathLike, model, dataset: GroupDataset, spec: dic
         if (path / "meta.json").is_file():
             try:
                 old = _read_meta(path)
-                if old.get("fingerprint") != fp or old.get("format") != FORMAT_VERSION:
-                    diff = _spec_diff(old.get("spec", {"format": old.get("format", 1)}), spec)
+                if old.get("format", 1) != FORMAT_VERSION:
+                    _check_meta(path, old)  # raises: names the format and the fix
+                if old.get("fingerprint") != fp:
+                    diff = _spec_diff(old.get("spec", {}), spec)
                     raise StoreMismatchError(
                         f"the store at {path} was made from other inputs ({'; '.join(diff) or 'fingerprint'}). "
                         f"Use another path or cache_dir, pass rebuild=True (in a notebook: the rebuild parameter) "

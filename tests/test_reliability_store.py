@@ -231,3 +231,17 @@ def test_atomically_written_files_have_the_usual_mode(complete, tmp_path):
     ltc.store.atomic_write(tmp_path / "x.json", "{}")
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == want
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_store_of_the_previous_format_is_named_and_rebuilt_on_request(tiny, tmp_path):
+    ds = make_fake_dataset(8)
+    old = tmp_path / "s"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"fingerprint": "0123456789abcdef", "n": 8, "n_shards": 1}))
+    (old / "progress.json").write_text(json.dumps({"done": 1}))
+    np.save(old / "heads.npy", np.zeros((8, 4, 4, 64), np.float16))
+    with pytest.raises(StoreMismatchError, match=r"is in store format 1; this version of ltcutils reads format 2; "
+                                                 r"capture again with rebuild=True"):
+        _cap(tiny, ds, old)
+    st = _cap(tiny, ds, old, rebuild=True)
+    assert st.complete and np.abs(np.array(st.heads)).sum() > 0 and not (old / "progress.json").exists()
