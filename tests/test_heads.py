@@ -19,7 +19,8 @@ def test_codec_round_trips_and_is_the_only_one():
     assert parse_head(" l10h3 ") == (10, 3) and parse_head(np.array([2, 1])) == (2, 1)
     # every module names heads through ltcutils.heads (no second codec, no second Head type)
     assert ltc.decompose.head_label is head_label and ltc.locate.parse_head is parse_head
-    for mod in (ltc.correct, ltc.locate, ltc.baselines, ltc.groundtruth, ltc.interpret.importance):
+    assert ltc.locate.HeadSelection is ltc.heads.HeadSelection
+    for mod in (ltc.correct, ltc.baselines, ltc.groundtruth, ltc.interpret.importance):
         assert mod.Head is ltc.heads.Head
 
 
