@@ -163,6 +163,9 @@ def test_sweep_runs_points_skips_finished_and_retries_failed(tmp_path, nb_dir, c
     z = r2.summary.values["all"]["zero_shot"]  # 50, 51, 52
     assert z["wg"] == pytest.approx(51.0) and z["wg_sd"] == pytest.approx(1.0)
     assert "51.0 ± 1.0" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert wb.main(["report", str(out)]) == 0  # a sweep folder: the same table, from its record
+    assert capsys.readouterr().out.strip() == (out / "summary.md").read_text().strip()
 
     # a changed fixed parameter makes every point stale: they run again
     grid2 = dict(grid, scale=2.0)

@@ -538,11 +538,21 @@ def report_command(args) -> int:
     """``ltc report``: print (and with ``--out`` write) the methods table, or the flat one with ``--all``.
 
     Without ``--all``, runs that hold no methods metrics at all (``--notebook``) fall back to the
-    flat table, with a note on stderr. Returns the exit status.
+    flat table, with a note on stderr; a single sweep folder (``ltc sweep``) prints its mean ± sd
+    table. Returns the exit status.
     """
     import sys
 
     flat = args.all
+    if not flat and len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "ltc_sweep.json").is_file():
+        from .sweep import sweep_summary  # a sweep folder: its mean ± sd table
+
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+        table = sweep_summary(args.run_dirs[0], metrics)
+        if table is None:
+            raise WorkbookError(f"no finished point of the sweep {args.run_dirs[0]} has metrics/{args.notebook}.json")
+        print(table.render(args.format, max_width=args.width).rstrip("\n"))
+        return 0
     if not flat and not any((Path(d) / "metrics" / f"{args.notebook}.json").is_file() for d in args.run_dirs):
         print(f"ltc report: no run has metrics/{args.notebook}.json; showing every metric (--all)", file=sys.stderr)
         flat = True

@@ -220,7 +220,7 @@ def summarize(points: Sequence[Point], over: str = "seed", notebook: str = METHO
                         and not isinstance(r[key].get(name), bool) and r[key][name] is not None]
                 if name.endswith(("_ci_low", "_ci_high", "_sd")) or not vals:
                     continue
-                mean, sd = mean_and_sd(vals)
+                mean, sd = mean_and_sd([float(x) for x in vals])
                 cells[name] = mean
                 if sd == sd:  # not NaN
                     cells[f"{name}_sd"] = sd
@@ -233,6 +233,26 @@ def summarize(points: Sequence[Point], over: str = "seed", notebook: str = METHO
     table.spread = (f"mean ± sd over {'/'.join(map(str, ns))} values of {over} (sample sd, n - 1)"
                     + ("" if len(ns) == 1 else "; n per group: " + ", ".join(f"{k}: {v}" for k, v in counts.items())))
     return table
+
+
+def sweep_summary(sweep_dir: str | os.PathLike, metrics: Sequence[str] | None = None) -> PaperTable | None:
+    """The mean ± sd table of a sweep folder, from its record (what ``ltc report SWEEP_DIR`` prints).
+
+    Args:
+        sweep_dir: a folder written by :func:`run_sweep` (holds ``ltc_sweep.json``).
+        metrics: metric keys (default WG, Avg(sample), Gap).
+    Returns:
+        the table, or None when no finished point has methods metrics.
+    Raises:
+        FileNotFoundError: the folder has no sweep record.
+    """
+    d = Path(sweep_dir)
+    path = d / SWEEP_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(d)!r} has no {SWEEP_RECORD}; is it a folder written by `ltc sweep`?")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    points = [Point(p["name"], dict(p["values"]), d / p["name"], status=p["status"]) for p in record["points"]]
+    return summarize(points, over=str(record.get("options", {}).get("over", "seed")), metrics=metrics)
 
 
 def run_sweep(
