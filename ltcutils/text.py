@@ -182,6 +182,15 @@ def pair_directions(model, pairs: Sequence[Pair]) -> torch.Tensor:
     return a - b
 
 
+def _warn_keyed_roboshot(bank: PromptBank, stacklevel: int) -> None:
+    import warnings
+
+    keyed = [k for k in ("roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
+    if keyed:
+        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; RoboShot with per-image directions "
+                      "is not implemented, so RoboShot is left out of the table", stacklevel=stacklevel)
+
+
 def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: float = 1000.0) -> dict:
     """Everything the text-based methods need, from a prompt bank.
 
@@ -200,7 +209,6 @@ def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: floa
         by class pair, else None; per-image bases: :func:`ltcutils.correct.concept_bases`).
         Tensors are on the CPU.
     """
-    import warnings
     from itertools import combinations
 
     from .baselines import ortho_cali
@@ -208,10 +216,7 @@ def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: floa
 
     out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
     classifier = classifier.cpu()
-    keyed = [k for k in ("roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
-    if keyed:
-        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; RoboShot with per-image directions "
-                      "is not implemented, so RoboShot is left out of the table", stacklevel=2)
+    _warn_keyed_roboshot(bank, stacklevel=3)
     out["injection_keyed"] = None
     if isinstance(bank.injection, dict) and bank.injection:
         out["injection_keyed"] = {key: orthonormal_basis(pair_directions(model, pairs).cpu())
@@ -354,7 +359,9 @@ def prepared_text(model, bank: PromptBank, cache_dir: str | Path | None = None, 
     meta = _cache_meta(model, bank, lam)
     if path.is_file():
         try:
-            return _read_text_cache(path, meta, bank)
+            text = _read_text_cache(path, meta, bank)
+            _warn_keyed_roboshot(bank, stacklevel=3)  # what computing them would have said
+            return text
         except ValueError as exc:
             log.warning("text cache %s is %s; recomputing it", path, exc)
     text = _compute_text(model, bank, lam)

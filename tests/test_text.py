@@ -123,3 +123,14 @@ def test_evaluate_text_directions_is_a_deprecated_alias(bank):
     with pytest.warns(DeprecationWarning, match="moved to ltc.text.text_directions"):
         old = ltc.evaluate.text_directions(m, bank, W)
     _same(old, text_directions(m, bank, W))
+
+
+def test_cached_banks_still_say_what_is_left_out(tmp_path):
+    bank = load_prompt_bank("genderbias")  # RoboShot pairs keyed by occupation pair
+    m = FakeTextModel()
+    with pytest.warns(UserWarning, match="RoboShot is left out"):
+        fresh = prepared_text(m, bank, tmp_path)
+    with pytest.warns(UserWarning, match="RoboShot is left out"):
+        cached = prepared_text(m, bank, tmp_path)
+    assert m.calls > 0 and fresh["injection_keyed"] and list(cached["injection_keyed"]) == list(fresh["injection_keyed"])
+    _same(cached, fresh)
