@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .heads import HeadSelection, head_label, parse_head  # noqa: F401  (re-exported: ltc.locate.HeadSelection, parse_head)
+from .heads import HeadSelection, head_label, parse_head, parse_heads  # noqa: F401  (re-exported for notebooks)
 from .lens import Candidates, LogitLens, mask_candidates, predict_logits
 
 #: per-image integer labels ``[batch]`` (numpy, torch or a list)
@@ -58,6 +58,7 @@ __all__ = [
     "locate",
     "choose_k",
     "parse_head",
+    "parse_heads",
     "LocatedHeads",
     "select_heads",
 ]

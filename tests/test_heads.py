@@ -19,7 +19,7 @@ def test_codec_round_trips_and_is_the_only_one():
     assert parse_head(" l10h3 ") == (10, 3) and parse_head(np.array([2, 1])) == (2, 1)
     # every module names heads through ltcutils.heads (no second codec, no second Head type)
     assert ltc.decompose.head_label is head_label and ltc.locate.parse_head is parse_head
-    assert ltc.locate.HeadSelection is ltc.heads.HeadSelection
+    assert ltc.locate.HeadSelection is ltc.heads.HeadSelection and ltc.locate.parse_heads is parse_heads
     for mod in (ltc.correct, ltc.baselines, ltc.groundtruth, ltc.interpret.importance):
         assert mod.Head is ltc.heads.Head
 
