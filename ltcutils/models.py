@@ -134,8 +134,8 @@ def check_device(device: str | torch.device) -> torch.device:
         acc = getattr(torch, "accelerator", None)
         if acc is not None and acc.is_available():
             have.append(str(acc.current_accelerator()))
-        raise ModelLoadError(f"device {str(device)!r} is not available on this machine (torch: "
-                             f"{' '.join(str(exc).split())[:120]}); available: {', '.join(have)}. "
+        raise ModelLoadError(f"device {str(device)!r} is not available on this machine (torch cannot place a "
+                             f"tensor there); available: {', '.join(have)}. "
                              f"Pass device='cpu'{' or one of those' if len(have) > 1 else ''}.") from exc
     return dev
 

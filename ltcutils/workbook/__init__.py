@@ -47,7 +47,13 @@ The run folder (``--out``; default ``runs/run-<date>-<time>``)
       notebook calls :func:`write_metrics` (``ltc.workbook.write_metrics("02_locate_heads",
       metrics, output_dir)``); the runner deletes a notebook's old metrics file before running
       it, so a metrics file in the folder always comes from the latest run of its notebook;
-    * ``ltc_run.json``: what ran, with which parameters, how long, and the outcome.
+    * ``ltc_run.json``: what ran, with which parameters, how long, and the outcome. It is the
+      only source of the report's ``status`` column: rewritten atomically before each notebook
+      (``running``) and after it (``ok`` only when the runner saw it finish; ``failed`` for a
+      raised cell or a dead kernel; ``interrupted`` for Ctrl-C). A record still saying
+      ``running`` when no run holds the folder reads as ``interrupted`` (a killed runner);
+    * ``.ltc_run.lock``: held (``flock``) by the run writing into the folder; a second run into
+      the same folder is refused, naming the process that holds it.
 
 A failing notebook stops the run: the error names the notebook, the cell (index in the source
 notebook, execution count, first source line), the exception, and the partially executed
