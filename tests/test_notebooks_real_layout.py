@@ -19,6 +19,8 @@ from ltcutils.datasets import synthetic  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PLACES = {0: "/b/bamboo_forest/00000001.jpg", 1: "/o/ocean/00000002.jpg"}
 SPLITS = {"train": 0, "val": 1, "test": 2}
+#: every notebook but 07: the probes train on a train split, which GenderBias and CounterAnimal lack
+NO_PROBES = [p.stem for p in wb.list_notebooks(ROOT / "notebooks") if not p.stem.startswith("07_")]
 
 
 def fabricate_waterbirds(root: Path, per_group: dict[str, int]) -> Path:
@@ -96,7 +98,7 @@ def test_gender_benchmark_runs_with_per_image_classifiers(tmp_path_factory):
     params = {"dataset": "genderbias", "data_root": str(root), "n_per_group": None, "n_random": 5, "n_boot": 50,
               "k_cap": 2, "n_check": 4, "n_patch_images": 2, "strengths": [0.0, 1.0], "dataset_options": {"val_occupations": ["Computer hardware engineer", "Medical assistant",
                                                                   "Logistician", "Accountant"]}}
-    run = wb.run_workbook(params=params, out=tmp_path_factory.mktemp("run") / "wb",
+    run = wb.run_workbook(NO_PROBES, params=params, out=tmp_path_factory.mktemp("run") / "wb",
                           raise_on_error=False, progress=False)
     failed = [n for n in run.notebooks if n.status != "ok"]
     assert not failed, failed[0].error
@@ -139,8 +141,100 @@ def test_counteranimal_runs_with_reused_heads(tmp_path):
     params = {"dataset": "counteranimal", "data_root": str(root), "n_per_group": None, "locate_split": "common",
               "eval_split": "counter", "heads_from": str(heads), "n_random": 3, "n_boot": 20, "n_check": 2,
               "n_patch_images": 2, "strengths": [0.0, 1.0]}
-    run = wb.run_workbook(params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
+    run = wb.run_workbook(NO_PROBES, params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
     failed = [n for n in run.notebooks if n.status != "ok"]
     assert not failed, failed[0].error
     assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2"]
     assert run.metrics["00_explore_benchmark"]["n_images"] == 18
+
+
+CELEBA_BANK = """\
+dataset: celeba
+class_names: [not blond, blond]
+class_prompts: {not blond: ["a photo of a landbird"], blond: ["a photo of a waterbird"]}
+spurious_names: [female, male]
+spurious_prompts: {female: ["a photo of water"], male: ["a photo of land"]}
+injection:
+  - ["a bird with webbed feet", "a bird with talon feet"]
+  - ["a bird with a long neck", "a bird with a short neck"]
+roboshot:
+  reject: [["a bird on water", "a bird on land"]]
+  accept: [["a bird with webbed feet", "a bird with talon feet"]]
+ortho_cali:
+  spurious_prompts: ["a photo of water", "a photo of land"]
+  candidate_prompts:
+    not blond: ["a landbird on water", "a landbird on land"]
+    blond: ["a waterbird on water", "a waterbird on land"]
+"""
+
+
+def fabricate_celeba(root: Path, per_group: int = 30, n_train: int = 80) -> Path:
+    """``celeba/`` in the published layout (tests/fixtures_real.make_celeba writes the annotation files)
+    with synthetic birds as the faces: Blond_Hair = waterbird, Male = land background, so blond
+    goes with female (water) in train as in CelebA, and the tiny model is biased the same way."""
+    from fixtures_real import make_celeba
+
+    splits = {"train": synthetic.make_split("train", n=n_train, p_aligned=0.9, seed=0),
+              "val": synthetic.make_split("val", n_per_group=per_group, seed=0),
+              "test": synthetic.make_split("test", n_per_group=per_group, seed=0)}
+    rows, images = [], []
+    for split, ds in splits.items():
+        for i in range(len(ds)):
+            blond, male = (1 if ds.y[i] else -1), (-1 if ds.spurious[i] else 1)
+            rows.append((f"{len(rows) + 1:06d}.jpg", SPLITS[split], blond, male, 1 if i % 3 == 0 else -1))
+            images.append(ds.image(i))
+    make_celeba(root, rows)
+    for (fn, *_), im in zip(rows, images):
+        im.save(root / "img_align_celeba" / fn, quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def celeba_run(tmp_path_factory):
+    """The whole workbook, probes included, on a fabricated CelebA (one run for every CelebA check)."""
+    data = tmp_path_factory.mktemp("data")
+    root = fabricate_celeba(data / "celeba")
+    bank = data / "celeba_birds.yaml"
+    bank.write_text(CELEBA_BANK)
+    params = {"dataset": "celeba", "data_root": str(root), "n_per_group": None, "n_random": 5, "n_boot": 50,
+              "n_check": 4, "n_patch_images": 2, "strengths": [0.0, 1.0], "k_cap": 2, "epochs": 10,
+              "dataset_options": {"prompt_bank": str(bank)}}
+    return wb.run_workbook(params=params, out=tmp_path_factory.mktemp("run") / "wb", raise_on_error=False,
+                           progress=False), root, bank
+
+
+@pytest.mark.notebook
+def test_celeba_runs_the_whole_workbook(celeba_run):
+    run, root, bank = celeba_run
+    failed = [n for n in run.notebooks if n.status != "ok"]
+    assert not failed, failed[0].error
+    assert [n.name[:2] for n in run.notebooks] == [p.stem[:2] for p in wb.list_notebooks(ROOT / "notebooks")]
+    m = run.metrics
+    assert m["00_explore_benchmark"]["n_images"] == 4 * 30  # the test split
+    assert m["02_locate_heads"]["grade"] == {}  # no ground truth for a real dataset
+    assert {"zero_shot", "ablate", "ltc", "random"} <= set(m["05_compare_methods"])
+    probes = m["07_train_probes"]
+    assert {"erm_probe", "jtt_probe_reference", "jtt_probe_two_stage", "jtt_ltc"} <= set(probes)
+    assert probes["context"]["n_train"] == 80
+    # CelebA's bias-conflicting groups come from the attributes: blond goes with female here, so
+    # they are non-blond women and blond men, whose train images the reference JTT upsamples
+    assert probes["context"]["n_pseudo_conflicting"] > 0
+
+
+@pytest.mark.notebook
+def test_celeba_takes_another_target_and_spurious_attribute(celeba_run, tmp_path):
+    """dataset_options choose the attributes: Eyeglasses (every third image) against Male, with a
+    prompt bank naming those classes; notebook 00 reads the split with the new labels."""
+    _, root, bank = celeba_run
+    alt = tmp_path / "celeba_glasses.yaml"
+    alt.write_text(bank.read_text().replace("[not blond, blond]", "[not eyeglasses, eyeglasses]")
+                   .replace("not blond:", "not eyeglasses:").replace(" blond:", " eyeglasses:"))
+    params = {"dataset": "celeba", "data_root": str(root), "n_per_group": None,
+              "dataset_options": {"target": "Eyeglasses", "spurious": "Male", "prompt_bank": str(alt)}}
+    run = wb.run_workbook(["00"], params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
+    failed = [n for n in run.notebooks if n.status != "ok"]
+    assert not failed, failed[0].error
+    m = run.metrics["00_explore_benchmark"]
+    assert m["n_images"] == 120
+    counts = {k: v for k, v in m["zero_shot"].items() if k.startswith("n_")}
+    assert sum(v for k, v in counts.items() if k.startswith("n_eyeglasses/")) == 40  # every third test image
