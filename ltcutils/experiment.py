@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .models import DEFAULT_CHECKPOINT, TINY_MODEL, LoadedModel, load_default, load_model
-from .text import PromptBank, load_prompt_bank, zero_shot_classifier
+from .text import PromptBank, load_prompt_bank, prepared_text
 
 __all__ = ["Experiment", "setup", "stratified_subset"]
 
@@ -58,6 +58,7 @@ class Experiment:
     rebuild: bool = False
     _splits: dict = field(default_factory=dict)
     _stores: dict = field(default_factory=dict)
+    _text: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ files
     @property
@@ -105,13 +106,37 @@ class Experiment:
         return self._stores[name]
 
     # ------------------------------------------------------------------ text
+    def text(self) -> dict:
+        """The bank's classifiers and text directions (:func:`ltcutils.text.prepared_text`), encoded
+        once per model and bank and cached under ``cache_dir/text``."""
+        if not self._text:
+            self._text.update(prepared_text(self.model, self.bank, self.cache_dir))
+        return self._text
+
     def classifier(self) -> torch.Tensor:
         """Zero-shot class classifier ``[d_embed, n_class]`` from the prompt bank (on CPU, like the caches)."""
-        return zero_shot_classifier(self.model, self.bank).cpu()
+        return self.text()["classifier"].clone()
 
     def spurious_classifier(self) -> torch.Tensor:
-        """Zero-shot classifier of the spurious attribute ``[d_embed, n_spurious]`` (on CPU)."""
-        return zero_shot_classifier(self.model, self.bank, spurious=True).cpu()
+        """Zero-shot classifier of the spurious attribute ``[d_embed, n_spurious]`` (on CPU).
+
+        Raises:
+            ValueError: the prompt bank names no spurious values.
+        """
+        W = self.text()["spurious_classifier"]
+        if W is None:
+            raise ValueError(f"{self.bank.dataset}: the prompt bank defines no spurious_names")
+        return W.clone()
+
+    def heads(self, path: str | os.PathLike | None = None):
+        """The saved head selection (default ``heads_file``), checked against this model and its captured layers.
+
+        Raises:
+            FileNotFoundError, ValueError: see :meth:`ltcutils.locate.HeadSelection.load`.
+        """
+        from .locate import HeadSelection
+
+        return HeadSelection.load(path or self.heads_file, model=self.model, layers=self.layers)
 
     def describe(self) -> dict:
         return {"model": self.model.describe(), "dataset": self.dataset, "data_root": self.data_root,
