@@ -27,6 +27,7 @@ likely mistakes (each a wrong variant of the computation) to print a targeted hi
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,21 +93,23 @@ def stub_source(source: str) -> str:
     return "\n".join(out) + ("\n" if source.endswith("\n") else "")
 
 
-def _set_parameter(source: str, name: str, value: str) -> str:
-    """``source`` (a parameters cell) with ``name = ...`` given the literal ``value`` (comment kept)."""
+def _set_parameter(source: str, name: str, value: str, comment: str | None = None) -> str:
+    """``source`` (a parameters cell) with ``name = ...`` given the literal ``value`` (and ``comment``, or the old one)."""
     pattern = re.compile(rf"(?m)^({re.escape(name)}\s*=\s*)([^#\n]*?)(\s*#.*)?$")
     if not pattern.search(source):
         raise ValueError(f"the parameters cell declares no {name!r}")
-    return pattern.sub(lambda m: f"{m.group(1)}{value}{m.group(3) or ''}", source, count=1)
+    return pattern.sub(lambda m: f"{m.group(1)}{value}" + (f"  # {comment}" if comment else (m.group(3) or "")),
+                       source, count=1)
 
 
-def learner_notebook(nb, output_dir: str | None = None):
+def learner_notebook(nb, output_dir: str | None = None, cache_dir: str | None = None):
     """A copy of notebook ``nb`` as a class gets it: stubs in every ``exercise`` cell, ``exercises="learner"``.
 
     Args:
         nb: an nbformat notebook (not modified).
         output_dir: a value for the ``output_dir`` parameter (e.g. a path relative to where the
             copy is written), or None to keep the notebook's own.
+        cache_dir: likewise for ``cache_dir`` (e.g. the cache ``make workbook`` already filled).
 
     Raises:
         ValueError: the notebook has exercise cells but no ``exercises`` parameter, or bad markers.
@@ -127,19 +130,25 @@ def learner_notebook(nb, output_dir: str | None = None):
             if has_exercise or re.search(r"(?m)^exercises\s*=", src):
                 src = _set_parameter(src, "exercises", '"learner"')
             if output_dir is not None:
-                src = _set_parameter(src, "output_dir", repr(str(output_dir)))
+                src = _set_parameter(src, "output_dir", repr(str(output_dir)),
+                                     "stage outputs of this copy: figures/, metrics/, heads.json (ltc run sets it)")
+            if cache_dir is not None and re.search(r"(?m)^cache_dir\s*=", src):
+                src = _set_parameter(src, "cache_dir", repr(str(cache_dir)),
+                                     "decomposition cache, shared with the workbook's runs")
             cell.source = src
     return nb
 
 
 def write_learner_notebooks(out: str | Path, notebooks_dir: str | Path | None = None,
-                            output_dir: str | Path | None = None) -> list[Path]:
+                            output_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> list[Path]:
     """Write the learner's copy of every workbook notebook to ``out`` (what a class opens).
 
     Args:
         out: folder for the copies (created).
         notebooks_dir: the workbook (default: the project's ``notebooks/``).
         output_dir: where the copies' runs write (default ``out/outputs``); stored relative to ``out``.
+        cache_dir: the decomposition cache the copies use (default ``out/../cache``, the one
+            ``make workbook`` fills when ``out`` is ``runs/class``); stored relative to ``out``.
 
     Returns:
         the paths written.
@@ -153,11 +162,11 @@ def write_learner_notebooks(out: str | Path, notebooks_dir: str | Path | None = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = Path(output_dir) if output_dir is not None else out / "outputs"
-    rel = Path(target).resolve().relative_to(out.resolve()) if Path(target).resolve().is_relative_to(out.resolve()) \
-        else Path(target).resolve()
+    cache = Path(cache_dir) if cache_dir is not None else out.resolve().parent / "cache"
+    rel_out, rel_cache = (os.path.relpath(Path(p).resolve(), out.resolve()) for p in (target, cache))
     written = []
     for path in list_notebooks(Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()):
-        nb = learner_notebook(nbformat.read(str(path), as_version=4), output_dir=str(rel))
+        nb = learner_notebook(nbformat.read(str(path), as_version=4), output_dir=rel_out, cache_dir=rel_cache)
         dest = out / path.name
         atomic_write(dest, nbformat.writes(nb))
         written.append(dest)
@@ -575,8 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the learner notebooks (e.g. runs/class)")
     p.add_argument("--notebooks", default=None, help="the workbook folder (default: the project's notebooks/)")
     p.add_argument("--output-dir", default=None, help="where the copies write when run (default: OUT/outputs)")
+    p.add_argument("--cache-dir", default=None, help="the decomposition cache they use (default: OUT/../cache)")
     a = p.parse_args(argv)
-    for path in write_learner_notebooks(a.out, a.notebooks, a.output_dir):
+    for path in write_learner_notebooks(a.out, a.notebooks, a.output_dir, a.cache_dir):
         print(path)
     return 0
 

@@ -265,7 +265,7 @@ def test_learner_notebook_stubs_exercise_cells_only(tmp_path):
     assert learner.cells[3].source == "print(2 * 3)"  # a cell not tagged exercise keeps its code
     params = learner.cells[1].source
     assert 'exercises = "learner"  # "solution" or "learner"' in params
-    assert "output_dir = 'outputs/class'  # run folder" in params
+    assert "output_dir = 'outputs/class'  # stage outputs of this copy" in params
 
 
 def test_write_learner_notebooks(tmp_path):
@@ -275,4 +275,5 @@ def test_write_learner_notebooks(tmp_path):
     written = exr.write_learner_notebooks(tmp_path / "class", src)
     assert [p.name for p in written] == ["01_decompose_embeddings.ipynb"]
     nb = nbformat.read(str(written[0]), as_version=4)
-    assert "NotImplementedError" in nb.cells[2].source and "output_dir = 'outputs'" in nb.cells[1].source
+    assert "NotImplementedError" in nb.cells[2].source and "output_dir = 'outputs'  # stage outputs of this copy" \
+        in nb.cells[1].source
