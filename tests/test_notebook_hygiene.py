@@ -241,3 +241,23 @@ def test_ci_problems(tmp_path):
             "output_dir)"]
     assert wb.ci_problems([a], {"notebooks": 3}) == ["parameters mapping: section 'notebooks' must be a mapping, "
                                                       "got int"]
+
+
+def test_early_notebooks_set_checked_exercises():
+    """Notebooks 01-04 hold at least two exercises each; each is followed by its checker in the
+    notebook's mode, and together they use every checker of ltcutils.exercises."""
+    from ltcutils import exercises
+
+    used = set()
+    early = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]
+    assert len(early) == 4, [p.name for p in early]
+    for path in early:
+        cells = nbformat.read(str(path), as_version=4).cells
+        at = [i for i, c in enumerate(cells) if "exercise" in c.metadata.get("tags", [])]
+        assert len(at) >= 2, f"{path.name}: {len(at)} exercise cell(s), the course needs at least two"
+        for i in at:
+            check = cells[i + 1].source
+            assert "ltc.exercises.check_" in check and "mode=exercises" in check, \
+                f"{path.name} cell {i + 1}: an exercise must be followed by its checker, in the notebook's mode"
+            used |= {name for name, fn in exercises.CHECKERS.items() if f"ltc.exercises.{fn.__name__}(" in check}
+    assert used == set(exercises.CHECKERS), f"checkers no notebook uses: {set(exercises.CHECKERS) - used}"
