@@ -208,7 +208,12 @@ def setup(
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).resolve() if cache_dir else out.parent / "cache"
-    bank = load_prompt_bank(prompt_bank or dataset)
+    if prompt_bank:
+        bank = load_prompt_bank(prompt_bank)
+    else:  # the dataset's own bank for these loader options (CelebA: the chosen attributes)
+        from .datasets.registry import default_prompt_bank
+
+        bank = default_prompt_bank(dataset, **dataset_kwargs)
     if dataset == "synthetic":
         dataset_kwargs.setdefault("seed", seed)
         if n_per_group is not None:

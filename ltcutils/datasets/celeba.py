@@ -29,7 +29,7 @@ from .base import DatasetError, GroupDataset
 from .registry import (build, check_split, conflicting_by_correlation, dataset_root, inside_root, meta_error,
                        require_dir, require_file)
 
-__all__ = ["load_celeba", "ATTRIBUTES", "EXPECTED_SIZES", "EXPECTED_GROUP_SIZES"]
+__all__ = ["load_celeba", "prompt_bank", "ATTRIBUTES", "EXPECTED_SIZES", "EXPECTED_GROUP_SIZES"]
 
 SPLITS = ("train", "val", "test")
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -186,3 +186,46 @@ def load_celeba(
         skip_bad=skip_bad, expected=EXPECTED_SIZES[split],
         conflicting_groups=conflicting_by_correlation((vals[:, t] == 1).astype(np.int64), (vals[:, s] == 1).astype(np.int64)),
     )
+
+
+def prompt_bank(target: str = "Blond_Hair", spurious: str = "Male", class_names: Sequence[str] | None = None,
+                spurious_names: Sequence[str] | None = None, **loader_options):
+    """The prompt bank for a CelebA attribute pair: the shipped one for the defaults, else one built from the names.
+
+    For ``Blond_Hair`` vs ``Male`` with the default names this is ``data/prompts/celeba.yaml``.
+    For any other pair the classes and spurious values are the loader's names (e.g. "not
+    eyeglasses" / "eyeglasses"), prompted as "a photo of a person, {name}."; the concept pairs
+    are the two class prompts (injection, RoboShot's accept step) and the two spurious prompts
+    (RoboShot's reject step, Ortho-Cali's spurious prompts), with Ortho-Cali candidates for
+    every class x spurious value. A bank written for the attributes says more; pass its path as
+    ``prompt_bank`` instead.
+
+    Args:
+        target, spurious, class_names, spurious_names: as :func:`load_celeba`.
+        loader_options: the loader's other options (ignored here).
+    Returns:
+        a :class:`~ltcutils.text.PromptBank` whose class names match the loaded split's.
+    Raises:
+        DatasetError: an unknown attribute name, or target == spurious.
+    """
+    from ..text import PromptBank, load_prompt_bank
+
+    for what, attr in (("target", target), ("spurious", spurious)):
+        if attr not in ATTRIBUTES:
+            raise DatasetError(f"celeba: unknown {what} attribute {attr!r}; valid attributes: {list(ATTRIBUTES)}")
+    if target == spurious:
+        raise DatasetError(f"celeba: target and spurious are the same attribute {target!r}; choose two different ones")
+    cn = _names_for(target, class_names, "class_names")
+    sn = _names_for(spurious, spurious_names, "spurious_names")
+    if (target, spurious) == ("Blond_Hair", "Male") and cn == _DEFAULT_NAMES["Blond_Hair"] \
+            and sn == _DEFAULT_NAMES["Male"]:
+        return load_prompt_bank("celeba")
+    say = lambda name: f"a photo of a person, {name}."  # noqa: E731
+    return PromptBank.from_dict({
+        "dataset": "celeba", "class_names": cn, "class_prompts": {c: [say(c)] for c in cn},
+        "spurious_names": sn, "spurious_prompts": {v: [say(v)] for v in sn},
+        "injection": [[say(cn[1]), say(cn[0])]],
+        "roboshot": {"reject": [[say(sn[1]), say(sn[0])]], "accept": [[say(cn[1]), say(cn[0])]]},
+        "ortho_cali": {"spurious_prompts": [say(v) for v in sn],
+                       "candidate_prompts": {c: [f"a photo of a person, {c}, {v}." for v in sn] for c in cn}},
+    }, source=f"ltcutils.datasets.celeba.prompt_bank(target={target!r}, spurious={spurious!r})")

@@ -36,7 +36,7 @@ from PIL import Image
 
 from .base import DatasetError, GroupDataset
 
-__all__ = ["DATASETS", "FOLDERS", "DATA_ENV", "load_dataset", "dataset_root", "describe", "conflicting_by_correlation",
+__all__ = ["DATASETS", "FOLDERS", "DATA_ENV", "load_dataset", "dataset_root", "describe", "default_prompt_bank", "conflicting_by_correlation",
            "conflicting_groups_from_meta"]
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,19 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *
         return make_split(split, **kw)
     module = importlib.import_module(f".{key}", __package__)
     return getattr(module, f"load_{key}")(split=split, root=root, **kw)
+
+
+def default_prompt_bank(name: str, **loader_options: Any):
+    """The prompt bank a dataset loaded with ``loader_options`` is classified with.
+
+    A loader module may define ``prompt_bank(**loader_options)`` (CelebA: a bank for the chosen
+    attribute pair); otherwise this is the shipped ``data/prompts/<name>.yaml``.
+    """
+    from ..text import load_prompt_bank
+
+    key = str(name).strip().lower()
+    make = getattr(importlib.import_module(f".{key}", __package__), "prompt_bank", None) if key in DATASETS else None
+    return make(**loader_options) if callable(make) else load_prompt_bank(key)
 
 
 def describe(name: str) -> dict[str, Any]:
