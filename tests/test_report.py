@@ -70,7 +70,7 @@ def test_paper_table_is_what_notebook_05_shows():
     assert df.index[0] == "zero-shot" and df.index[-2] == "random"
     assert df.loc["zero-shot", "WG"] == "44.0 [41.0,47.0]"  # zero_shot is key 4: wg 44.0
     assert df.loc["random", "WG"] == "45.0 ± 3.2"
-    assert df.loc["LTC (threshold rule)", "Gap"] == "35.5"  # 80.5 - 45.0
+    assert df.loc["LTC (threshold)", "Gap"] == "35.5"  # 80.5 - 45.0
     other = wb.paper_table(methods(), ["wg", "avg_group", "overall_bias"])
     assert list(other.columns) == ["WG", "Avg(group)", "overall_bias"]
     assert other.loc["LTC", "overall_bias"] == "0.123" and other.loc["zero-shot", "overall_bias"] == ""
@@ -83,7 +83,7 @@ def test_report_of_two_runs_fits_120_columns(tmp_path, capsys):
     lines = out.rstrip("\n").splitlines()
     assert max(len(line) for line in lines) <= 120, max(lines, key=len)
     table = [line for line in lines if line.startswith("|")]
-    assert table[0].split("|")[1:5] == [" method               ", " WG a             ", " Avg(sample) a ", " Gap a      "]
+    assert table[0].split("|")[1:5] == [" method             ", " WG a             ", " Avg(sample) a ", " Gap a      "]
     assert len(table) == 2 + 14  # header, rule, one line per method
     assert "| zero-shot " in table[2] and "44.0 [41.0,47.0]" in table[2] and "45.5 [42.5,48.5]" in table[2]
     words = " ".join(out.split())  # the caption is wrapped to the width
@@ -103,6 +103,26 @@ def test_report_of_two_runs_fits_120_columns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 120 and "100.0 " in out
     assert "CIs of WG, Avg(sample), Gap left out" in " ".join(out.split())
+
+
+def test_report_of_two_real_looking_runs_fits_120_columns(tmp_path, capsys):
+    """Run names longer than 3 characters are numbered; wide random sd cells; WG keeps its CI."""
+    m = methods()
+    m["random_paper_recipe"] = {"wg": 16.9, "wg_sd": 18.4, "avg_sample": 58.7, "avg_sample_sd": 3.2, "gap": 41.8,
+                                "gap_sd": 16.0, "draws": 50}
+    a, b = make_run(tmp_path, "seed-0", m), make_run(tmp_path, "seed-1", methods(1.5))
+    assert wb.main(["report", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120, max(out.splitlines(), key=len)
+    header = [line for line in out.splitlines() if line.startswith("|")][0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "WG 1", "Avg(sample) 1", "Gap 1",
+                                                                  "WG 2", "Avg(sample) 2", "Gap 2"]
+    words = " ".join(out.split())
+    assert f"Runs: 1 = {a}, 2 = {b}." in words and "CIs of Avg(sample), Gap left out" in words
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in out.splitlines() if line.startswith("| ")}
+    assert rows["random (paper)"][:3] == ["16.9 ± 18.4", "58.7 ± 3.2", "41.8 ± 16.0"]
+    assert rows["zero-shot"][:3] == ["44.0 [41.0,47.0]", "80.4", "36.4"]  # WG keeps its CI
 
 
 def test_formats_and_out(tmp_path, capsys):

@@ -199,11 +199,11 @@ METHOD_ORDER: tuple[tuple[str, str], ...] = (
     ("inject", "inject"),
     ("ltc", "LTC"),
     ("ltc_paper_recipe", "LTC (paper recipe)"),
-    ("ltc_unit_norm_injection", "LTC (unit-norm inj.)"),
+    ("ltc_unit_norm_injection", "LTC (unit-norm)"),
     ("ltc_full", "LTC-full"),
-    ("ltc_threshold_rule", "LTC (threshold rule)"),
+    ("ltc_threshold_rule", "LTC (threshold)"),
     ("random", "random"),
-    ("random_paper_recipe", "random (paper rec.)"),
+    ("random_paper_recipe", "random (paper)"),
 )
 """Known methods (metrics key, row label) in table order. Rows come in the fixed order of their
 kind: zero-shot; baselines (Ortho-Cali, RoboShot, TextSpan, and any key not named below); ablate;
@@ -337,7 +337,7 @@ class PaperTable:
     def _tags(self) -> list[str]:
         if len(self.runs) == 1:
             return [""]
-        if all(len(r) <= 10 for r in self.runs):
+        if all(len(r) <= 3 for r in self.runs):  # short names head their columns; others are numbered
             return list(self.runs)
         return [str(i) for i in range(1, len(self.runs) + 1)]
 

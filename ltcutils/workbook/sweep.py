@@ -16,6 +16,8 @@ sections::
 Points go to ``<out>/<key>-<value>__<key>-<value>/`` (keys of the grid in file order). A sweep
 is resumable: a point whose folder holds a successful run record (``ltc_run.json``) of the same
 notebooks with the same parameters is skipped; a failed, interrupted or stale point runs again.
+"The same" means the parameters only: after changing the code, or the weights behind a model
+name (the shipped default checkpoint, say), sweep into a new ``--out``.
 ``<out>/ltc_sweep.json`` records every point's status; ``<out>/summary.md`` and ``summary.csv``
 hold the methods table with mean ± sd over the ``over`` key for every other combination.
 
