@@ -270,10 +270,12 @@ def bench_capture(model_name: str, n: int, reps: int, batch: int, workers: str, 
         for r in range(reps):
             for key in order[r % 3:] + order[:r % 3]:  # rotate so no pass always runs first
                 runs[key].append(passes[key]())
+                print(f"rep {r}: {key} {runs[key][-1]:.2f} img/s (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
             if dist:
                 for k, key in ((1, "one_process"), (2, "two_processes"))[::(1 if r % 2 == 0 else -1)]:
                     runs[key].append(_torchrun_capture(k, model_name, root, Path(tmp) / f"d{k}", batch, threads,
                                                        device, precision))
+                    print(f"rep {r}: {key} {runs[key][-1]:.2f} img/s (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
     ratio = lambda x, y: [p / q for p, q in zip(runs[x], runs[y])]  # noqa: E731
     res = {"model": model_name, "weights": "random", "n_images": n, "image_px": "300-500 JPEG q90", "batch": batch,
            "workers": w, "threads_per_process": threads, "device": device, "precision": precision, "reps": reps,
