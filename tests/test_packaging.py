@@ -48,6 +48,7 @@ def test_ci_runs_the_readme_test_command():
 def test_wheel_installs_and_loads_the_default_model(tmp_path):
     """Built as a wheel and installed into a scratch venv (no source tree in sight), the package
     finds its shipped data and notebooks and runs the default model."""
+    import os
     import subprocess
     import sys
     import sysconfig
@@ -65,8 +66,9 @@ def test_wheel_installs_and_loads_the_default_model(tmp_path):
     # the dependencies come from this environment; a .pth line adds its site-packages after the
     # scratch venv's own (and does not activate its editable install of ltcutils)
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing may shadow the install
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True, cwd=tmp_path)
+                    "--force-reinstall", str(wheel)], check=True, cwd=tmp_path, env=clean)
     probe = (
         "import ltcutils, torch\n"
         "from ltcutils import resources, text, workbook\n"
