@@ -1,28 +1,31 @@
-"""Ground truth for the synthetic benchmark: how much each head *really* carries the background.
+"""Ground truth for the synthetic benchmark: what each head *really* carries, from counterfactuals.
 
 Because the synthetic images are rendered from item seeds, every item can be drawn again with
-only one factor changed (:func:`ltcutils.datasets.synthetic.render` with ``background=0/1``).
-The oracle decomposes these counterfactual renders (:func:`ltcutils.decompose.decompose`,
-normalised terms) and reads every term through the zero-shot class margin
-``m(term) = <term, t_waterbird - t_landbird>`` (the classifier's column 1 minus column 0):
+only one factor changed (:func:`ltcutils.datasets.synthetic.render`). The oracle decomposes
+these counterfactual renders (:func:`ltcutils.decompose.decompose`, normalised terms) and reads
+every term through the zero-shot class margin ``m(term) = <term, t_waterbird - t_landbird>``
+(the classifier's column 1 minus column 0). Two oracles, each a paired difference:
 
-* ``background_effect[layer, head]``: mean over items of ``m(term | water) - m(term | land)``,
-  the *same* bird (same pixels) on its two backgrounds. Positive = the head pushes towards
-  "waterbird" when the background is water, i.e. it carries the spurious shortcut.
-* ``object_effect[layer, head]``: mean ``m`` over waterbird items minus mean ``m`` over landbird
-  items, each item counted once on land and once on water (averaged), so both classes are seen
-  on exactly the same mix of backgrounds. This is a background-matched difference in means, not
-  a paired swap of objects: two different birds never share one image. Positive = the head
-  carries the class.
+* ``background_effect[layer, head]`` (background swapped, object kept): mean over items of
+  ``m(term | water) - m(term | land)``, the *same* bird (same pixels) on the same kind of scene
+  of each background. Positive = the head pushes towards "waterbird" when the background is
+  water, i.e. it carries the spurious shortcut. Notebook 02 grades spurious heads with it.
+* ``object_effect[layer, head]`` (object swapped, background kept): mean over items of
+  ``m(waterbird's term) - m(landbird's term)`` where one of the two is the item's own render and
+  the other has a bird of the other class (:func:`~ltcutils.datasets.synthetic.swap_partners`)
+  drawn on exactly the item's background. Positive = the head carries the class. Notebook 02
+  grades salient heads with it.
 
 The same numbers are computed for the embedding term and each MLP (``mlp_*_effect``, index 0 =
 embedding term, ``l + 1`` = MLP of layer ``l``). Effects are in logit-margin units of the
-normalised embedding (cosine units), comparable to the logit lens.
+normalised embedding (cosine units), comparable to the logit lens. Renders are resized to the
+model's input size, so any ViT (e.g. ViT-B-16 at 224 px) can be graded on the synthetic world.
 
 Example::
 
     >>> oracle = oracle_table(model, val_seeds, classifier)          # doctest: +SKIP
     >>> oracle.top_heads(4)            # the 4 strongest background heads     # doctest: +SKIP
+    >>> oracle.top_heads(4, by="object_effect")   # the 4 strongest class heads  # doctest: +SKIP
     >>> oracle.frame()                 # one row per term, a DataFrame        # doctest: +SKIP
 """
 
@@ -38,7 +41,7 @@ from .datasets import synthetic as syn
 from .decompose import decompose
 from .heads import Head, head_label
 
-__all__ = ["OracleTable", "oracle_table", "effects_from_terms", "oracle_ablation"]
+__all__ = ["OracleTable", "oracle_table", "background_effects", "object_effects"]
 
 
 @dataclass
@@ -46,15 +49,14 @@ class OracleTable:
     """Counterfactual effects of every term on the class margin (see the module docstring).
 
     Attributes:
-        background_effect, object_effect: ``[layer, head]`` mean effects.
+        background_effect, object_effect: ``[layer, head]`` mean paired effects.
         background_se, object_se: ``[layer, head]`` their standard errors.
         mlp_background_effect, mlp_object_effect: ``[layer + 1]`` (0 = embedding term);
             mlp_background_se, mlp_object_se: their standard errors.
         total_background_effect, total_object_effect: effects on the whole margin.
-        n_items: items used (each rendered on land and on water); n_per_class: ``[2]``.
-        layers: layer index of each row.
+        n_items: items used (each rendered on land, on water and with its bird swapped);
+        n_per_class: ``[2]``; layers: layer index of each row.
     """
-
     background_effect: np.ndarray
     object_effect: np.ndarray
     background_se: np.ndarray
@@ -126,44 +128,64 @@ def _margin_direction(classifier: torch.Tensor, d_embed: int) -> torch.Tensor:
     return W[:, 1] - W[:, 0]
 
 
-def effects_from_terms(
-    terms_land: torch.Tensor, terms_water: torch.Tensor, y: np.ndarray | torch.Tensor, direction: torch.Tensor
-) -> dict[str, np.ndarray]:
-    """Background and object effects of terms from paired counterfactual renders.
+def _se(diff: np.ndarray) -> np.ndarray:
+    n = diff.shape[0]
+    return diff.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full(diff.shape[1:], np.nan)
+
+
+def background_effects(terms_land: torch.Tensor, terms_water: torch.Tensor, direction: torch.Tensor
+                       ) -> dict[str, np.ndarray]:
+    """Background effect of terms from paired renders (same bird on land and on water).
 
     Args:
-        terms_land, terms_water: ``[batch, *term_shape, d_embed]`` the same items rendered on land
-            and on water (e.g. heads ``[batch, layer, head, d_embed]``).
-        y: ``[batch]`` class of each item (0 landbird, 1 waterbird); both classes must occur.
+        terms_land, terms_water: ``[batch, *term_shape, d_embed]`` the same items rendered on
+            land and on water (e.g. heads ``[batch, layer, head, d_embed]``).
         direction: ``[d_embed]`` the margin direction ``t_waterbird - t_landbird``.
 
     Returns:
-        ``{"background_effect", "background_se", "object_effect", "object_se"}``, each
-        ``[*term_shape]`` float64 (see the module docstring for the definitions).
+        ``{"effect", "se"}`` each ``[*term_shape]`` float64 (mean and standard error of
+        ``m(water) - m(land)``), and the margins ``"margin_land"``, ``"margin_water"``
+        ``[batch, *term_shape]``.
+
+    Raises:
+        ValueError: the two term tensors differ in shape.
     """
     if terms_land.shape != terms_water.shape:
         raise ValueError(f"land and water terms differ in shape: {tuple(terms_land.shape)} vs "
                          f"{tuple(terms_water.shape)}; render the same items on both backgrounds")
-    y = np.asarray(y).reshape(-1)
-    if len(y) != terms_land.shape[0]:
-        raise ValueError(f"y has {len(y)} items but the terms have {terms_land.shape[0]}")
-    if not ((y == 0).any() and (y == 1).any()):
-        raise ValueError("the object effect needs items of both classes (landbird and waterbird)")
     d = direction.double()
     m_land = (terms_land.double() @ d).numpy()
     m_water = (terms_water.double() @ d).numpy()
     diff = m_water - m_land
-    n = len(y)
-    mean_bg = m_land * 0.5 + m_water * 0.5
-    a, b = mean_bg[y == 1], mean_bg[y == 0]
-    return {
-        "background_effect": diff.mean(0),
-        "background_se": diff.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full(diff.shape[1:], np.nan),
-        "object_effect": a.mean(0) - b.mean(0),
-        "object_se": np.sqrt(a.var(0, ddof=1) / len(a) + b.var(0, ddof=1) / len(b))
-        if len(a) > 1 and len(b) > 1 else np.full(diff.shape[1:], np.nan),
-        "margin_land": m_land, "margin_water": m_water,
-    }
+    return {"effect": diff.mean(0), "se": _se(diff), "margin_land": m_land, "margin_water": m_water}
+
+
+def object_effects(terms_own: torch.Tensor, terms_swap: torch.Tensor, y: np.ndarray | torch.Tensor,
+                   direction: torch.Tensor) -> dict[str, np.ndarray]:
+    """Object effect of terms from paired renders (own bird vs a bird of the other class, same background).
+
+    Args:
+        terms_own: ``[batch, *term_shape, d_embed]`` each item's own render.
+        terms_swap: the same shape: the item's background with a bird of the other class.
+        y: ``[batch]`` class of each item's own bird (0 landbird, 1 waterbird).
+        direction: ``[d_embed]`` the margin direction ``t_waterbird - t_landbird``.
+
+    Returns:
+        ``{"effect", "se"}`` each ``[*term_shape]`` float64: mean and standard error of
+        ``m(waterbird render) - m(landbird render)`` over the pairs.
+
+    Raises:
+        ValueError: mismatched shapes or lengths.
+    """
+    if terms_own.shape != terms_swap.shape:
+        raise ValueError(f"own and swapped terms differ in shape: {tuple(terms_own.shape)} vs {tuple(terms_swap.shape)}")
+    y = np.asarray(y).reshape(-1)
+    if len(y) != terms_own.shape[0]:
+        raise ValueError(f"y has {len(y)} items but the terms have {terms_own.shape[0]}")
+    d = direction.double()
+    sign = (2.0 * y - 1.0).reshape((-1,) + (1,) * (terms_own.dim() - 2))
+    diff = sign * ((terms_own.double() @ d).numpy() - (terms_swap.double() @ d).numpy())
+    return {"effect": diff.mean(0), "se": _se(diff)}
 
 
 def _hooked(model):
@@ -178,15 +200,16 @@ def oracle_table(
     batch_size: int = 250,
     progress: bool = False,
 ) -> OracleTable:
-    """Counterfactual ground truth for every head, MLP and the embedding term.
+    """Counterfactual ground truth (background swap and object swap) for every head, MLP and the embedding.
 
     Args:
         model: a :class:`~ltcutils.models.LoadedModel` (or a bare
-            :class:`~ltcutils.hooked.HookedViT`) with a 64 px image tower.
-        seeds: item seeds (e.g. ``[int(s) for s in make_split("val").ids]``); each is rendered
-            with its bird on land and on water.
+            :class:`~ltcutils.hooked.HookedViT`) of any input size: renders are resized to it.
+        seeds: item seeds (e.g. ``[int(s) for s in make_split("val").ids]``); both classes must
+            occur. Each item is rendered on land, on water, and on its own background with the
+            bird of its swap partner (:func:`~ltcutils.datasets.synthetic.swap_partners`).
         classifier: ``[d_embed, 2]`` zero-shot classifier (columns landbird, waterbird).
-        batch_size: items per forward pass (each pass decomposes 2 x batch_size images). The
+        batch_size: items per forward pass (each pass decomposes 3 x batch_size images). The
             images are rendered on the CPU and sent to the model's device.
         progress: show a tqdm bar.
 
@@ -202,8 +225,13 @@ def oracle_table(
         raise ValueError("oracle_table needs at least one item seed")
     dev = next(hooked.parameters()).device
     direction = _margin_direction(classifier, hooked.cfg.d_embed)
-    y = syn.labels_for_seeds(seeds)["y"]
-    heads_l, heads_w, mlps_l, mlps_w, rest_l, rest_w = [], [], [], [], [], []
+    size = syn.model_image_size(hooked)
+    lab = syn.labels_for_seeds(seeds)
+    y, own_b = lab["y"], lab["spurious"]
+    if not ((y == 0).any() and (y == 1).any()):
+        raise ValueError("the object effect needs items of both classes (landbird and waterbird)")
+    partners = syn.swap_partners(seeds)
+    acc: dict[str, list] = {k: [] for k in ("land", "water", "swap")}
     it = range(0, len(seeds), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -212,128 +240,35 @@ def oracle_table(
     layers: tuple[int, ...] = ()
     for i in it:
         chunk = seeds[i : i + batch_size]
-        for b, (hs, ms, rs) in ((0, (heads_l, mlps_l, rest_l)), (1, (heads_w, mlps_w, rest_w))):
-            px = syn.to_pixels(syn.render_batch(chunk, background=b)).to(dev)
-            dec = decompose(hooked, px, normalized=True)
+        renders = {"land": syn.render_batch(chunk, background=0), "water": syn.render_batch(chunk, background=1),
+                   "swap": syn.render_batch(chunk, object_seeds=partners[i : i + batch_size])}
+        for key, imgs in renders.items():
+            dec = decompose(hooked, syn.to_pixels(imgs, size=size).to(dev), normalized=True)
             layers = dec.layers
-            hs.append(dec.heads.float().cpu())
-            ms.append(dec.mlps.float().cpu())
-            rs.append(dec.rest.float().cpu())
-    heads = effects_from_terms(torch.cat(heads_l), torch.cat(heads_w), y, direction)
-    mlps = effects_from_terms(torch.cat(mlps_l), torch.cat(mlps_w), y, direction)
-    total_l = torch.cat(heads_l).sum((1, 2)) + torch.cat(mlps_l).sum(1) + torch.cat(rest_l)
-    total_w = torch.cat(heads_w).sum((1, 2)) + torch.cat(mlps_w).sum(1) + torch.cat(rest_w)
-    total = effects_from_terms(total_l, total_w, y, direction)
+            acc[key].append((dec.heads.float().cpu(), torch.cat([dec.embed[:, None], dec.mlps], 1).float().cpu(),
+                             dec.rest.float().cpu()))  # index 0 = embedding term, l + 1 = MLP l
+    cat = {k: [torch.cat([a[j] for a in v]) for j in range(3)] for k, v in acc.items()}
+    own_sel = torch.as_tensor(own_b == 1)
+
+    def own(j: int) -> torch.Tensor:  # each item's own render is its land or water render
+        m = own_sel.view((-1,) + (1,) * (cat["land"][j].dim() - 1))
+        return torch.where(m, cat["water"][j], cat["land"][j])
+
+    def total(k_or_own) -> torch.Tensor:
+        h, m, r = cat[k_or_own] if isinstance(k_or_own, str) else k_or_own
+        return h.sum((1, 2)) + m.sum(1) + r
+
+    hb = background_effects(cat["land"][0], cat["water"][0], direction)
+    mb = background_effects(cat["land"][1], cat["water"][1], direction)
+    ho = object_effects(own(0), cat["swap"][0], y, direction)
+    mo = object_effects(own(1), cat["swap"][1], y, direction)
+    tb = background_effects(total("land"), total("water"), direction)
+    to = object_effects(total([own(0), own(1), own(2)]), total("swap"), y, direction)
     return OracleTable(
-        background_effect=heads["background_effect"], object_effect=heads["object_effect"],
-        background_se=heads["background_se"], object_se=heads["object_se"],
-        mlp_background_effect=mlps["background_effect"], mlp_object_effect=mlps["object_effect"],
-        mlp_background_se=mlps["background_se"], mlp_object_se=mlps["object_se"],
-        total_background_effect=float(total["background_effect"]), total_object_effect=float(total["object_effect"]),
+        background_effect=hb["effect"], object_effect=ho["effect"], background_se=hb["se"], object_se=ho["se"],
+        mlp_background_effect=mb["effect"], mlp_object_effect=mo["effect"], mlp_background_se=mb["se"],
+        mlp_object_se=mo["se"], total_background_effect=float(tb["effect"]), total_object_effect=float(to["effect"]),
         n_items=len(seeds), n_per_class=[int((y == 0).sum()), int((y == 1).sum())], layers=tuple(layers),
-        details={"head_margin_land": heads["margin_land"], "head_margin_water": heads["margin_water"], "y": y},
+        details={"head_margin_land": hb["margin_land"], "head_margin_water": hb["margin_water"], "y": y,
+                 "partners": partners},
     )
-
-
-# ----------------------------------------------------------------------------- ablation check
-def _mean_ablate(heads: torch.Tensor, mean: torch.Tensor, sel) -> torch.Tensor:
-    """Replace the selected heads' terms by their reference mean.
-
-    Args:
-        heads: ``[batch, layer, head, d_embed]`` head terms.
-        mean: ``[layer, head, d_embed]`` mean terms over a reference split.
-        sel: ``[layer, head]`` bool mask, or a list of ``(layer_row, head)`` pairs.
-
-    Returns:
-        a new ``[batch, layer, head, d_embed]`` tensor (the input is not modified).
-    """
-    if heads.ndim != 4 or mean.shape != heads.shape[1:]:
-        raise ValueError(f"heads must be [batch, layer, head, d_embed] and mean [layer, head, d_embed]; got "
-                         f"{tuple(heads.shape)} and {tuple(mean.shape)}")
-    mask = torch.zeros(heads.shape[1:3], dtype=torch.bool)
-    if isinstance(sel, (torch.Tensor, np.ndarray)) and np.asarray(sel).dtype == bool:
-        m = torch.as_tensor(np.asarray(sel))
-        if m.shape != mask.shape:
-            raise ValueError(f"mask must be [layer, head] = {tuple(mask.shape)}, got {tuple(m.shape)}")
-        mask = m.clone()
-    else:
-        for l, h in sel:
-            mask[int(l), int(h)] = True
-    out = heads.clone()
-    out[:, mask] = mean.to(heads.dtype)[mask]
-    return out
-
-
-@torch.inference_mode()
-def _decompose_items(hooked, seeds: Sequence[int], batch_size: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
-    heads, static = [], []
-    for i in range(0, len(seeds), batch_size):
-        px = syn.to_pixels(syn.render_batch(seeds[i : i + batch_size])).to(dev)
-        d = decompose(hooked, px, normalized=True)
-        heads.append(d.heads.float().cpu())
-        static.append((d.mlps.sum(1) + d.rest).float().cpu())
-    return torch.cat(heads), torch.cat(static)
-
-
-def oracle_ablation(
-    model,
-    ks: Sequence[int] = (4, 8),
-    val=None,
-    test=None,
-    bank: str = "synthetic",
-    oracle_items: int | None = None,
-    n_random: int = 20,
-    seed: int = 0,
-    batch_size: int = 250,
-) -> dict[str, Any]:
-    """Zero-shot test metrics before and after mean-ablating the oracle's top background heads.
-
-    The oracle and the head means both come from the val split (never from test). A random
-    control ablates ``k`` uniformly random heads (``n_random`` seeded draws).
-
-    Args:
-        model: a :class:`~ltcutils.models.LoadedModel` trained on the synthetic benchmark.
-        ks: numbers of heads to ablate.
-        val, test: synthetic GroupDatasets (default: the balanced splits, 500 per group).
-        bank: prompt bank name or path for the zero-shot classifier.
-        oracle_items: use only the first ``oracle_items`` val items for the oracle (None = all).
-
-    Returns:
-        ``{"zero_shot": metrics, "oracle": OracleTable.to_dict(), "ablation": {k: {"heads",
-        "metrics", "random_worst_group_mean", "random_worst_group_std"}}}``.
-    """
-    from .text import load_prompt_bank, zero_shot_classifier
-    from .train import group_metrics
-
-    val = val if val is not None else syn.make_split("val")
-    test = test if test is not None else syn.make_split("test")
-    hooked = _hooked(model)
-    dev = next(hooked.parameters()).device
-    W = zero_shot_classifier(model, load_prompt_bank(bank)).float().cpu()
-    val_seeds = [int(s) for s in val.ids]
-    oracle = oracle_table(model, val_seeds[:oracle_items] if oracle_items else val_seeds, W, batch_size)
-    vh, _ = _decompose_items(hooked, val_seeds, batch_size, dev)
-    mean = vh.double().mean(0).float()
-    th, ts = _decompose_items(hooked, [int(s) for s in test.ids], batch_size, dev)
-
-    def metrics(heads: torch.Tensor) -> dict[str, Any]:
-        pred = ((ts + heads.sum((1, 2))) @ W).argmax(1).numpy()
-        return group_metrics(pred, test.y, test.group, 4)
-
-    out: dict[str, Any] = {"zero_shot": metrics(th), "oracle": oracle.to_dict(), "ablation": {}}
-    rng = np.random.default_rng(seed)
-    L, H = th.shape[1:3]
-    for k in ks:
-        sel = oracle.top_heads(int(k))
-        rows = [(oracle.layers.index(l), h) for l, h in sel]
-        rand = []
-        for _ in range(n_random):
-            pick = rng.choice(L * H, size=int(k), replace=False)
-            rand.append(metrics(_mean_ablate(th, mean, [(int(p) // H, int(p) % H) for p in pick]))["worst_group"])
-        out["ablation"][int(k)] = {
-            "heads": [head_label(l, h) for l, h in sel],
-            "metrics": metrics(_mean_ablate(th, mean, rows)),
-            "random_worst_group_mean": float(np.mean(rand)) if rand else float("nan"),
-            "random_worst_group_std": float(np.std(rand)) if rand else float("nan"),
-        }
-    return out

@@ -1,10 +1,11 @@
 """Train the tiny CLIP of the embedded default on the synthetic benchmark, and evaluate it.
 
-The model is open_clip's own ``CLIP`` built from the ``ltc-tiny`` config (64 px images, patch
-16, width 128, 4 layers x 4 heads; text tower 2 layers x 64 with the real BPE tokenizer and a
-context of 16 tokens; joint space 64). Training is contrastive on rendered images and random
-true captions (:mod:`ltcutils.datasets.synthetic`) and fully determined by the seed and a
-*fixed* number of steps: one torch thread, ``torch.manual_seed`` for the initial weights and
+The model is open_clip's own ``CLIP`` built from the ``ltc-tiny`` config (48 px images, patch
+8 = 6 x 6 patches, width 128, 6 layers x 8 heads of width 16, MLP ratio 2; text tower 2 layers
+x 64 with the real BPE tokenizer and a context of 24 tokens; joint space 64). Training is
+contrastive on rendered images and random true captions that name the birds' attributes and
+places (:mod:`ltcutils.datasets.synthetic`), and fully determined by the seed and a *fixed*
+number of steps: one torch thread, ``torch.manual_seed`` for the initial weights and
 seeded numpy generators for the data order and the captions.
 
 Loss (``loss="compat"``, the default): a multi-positive InfoNCE in both directions where every
@@ -51,7 +52,6 @@ __all__ = [
     "save_checkpoint",
     "read_checkpoint_metadata",
     "evaluate_zero_shot",
-    "group_metrics",
     "training_images",
     "main",
 ]
@@ -75,7 +75,7 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 480
+    steps: int = 300
     batch_size: int = 256
     n_train: int = 20000
     p_aligned: float = 0.95
@@ -84,9 +84,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
-    warmup: int = 100
-    eval_every: int = 100
-    eval_per_group: int = 100
+    warmup: int = 60
+    eval_every: int = 50
+    eval_per_group: int = 50
     threads: int = 1
     model: str = "ltc-tiny"
 
@@ -104,46 +104,13 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
 
-# ----------------------------------------------------------------------------- metrics
-def group_metrics(pred: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int = 4,
-                  train_weights: Sequence[float] | None = None) -> dict[str, Any]:
-    """Accuracy per group, worst-group, group-balanced average, gap (all in percent).
-
-    Args:
-        pred, y, group: ``[n]`` predicted class, true class and group.
-        train_weights: optional group weights (e.g. the training distribution) for a
-            "train-weighted" average (the Waterbirds convention).
-
-    Returns:
-        ``{"group_acc": [n_groups], "worst_group", "balanced_avg", "acc" (sample-weighted), "gap",
-        "n_per_group", ["train_weighted_avg"]}``; a group with no items has accuracy NaN and is
-        left out of the worst group and the averages.
-    """
-    pred, y, group = (np.asarray(a).reshape(-1) for a in (pred, y, group))
-    if not (len(pred) == len(y) == len(group)):
-        raise ValueError(f"pred, y and group must have equal length, got {len(pred)}, {len(y)}, {len(group)}")
-    table = metrics.group_accuracy(pred, y, group, n_groups=n_groups)  # the shared per-group counting
-    a = table.accuracy.to_numpy(dtype=np.float64)
-    ok = ~np.isnan(a)
-    out: dict[str, Any] = {
-        "group_acc": [round(float(v), 4) for v in a],
-        "worst_group": round(float(a[ok].min()), 4) if ok.any() else float("nan"),
-        "balanced_avg": round(float(a[ok].mean()), 4) if ok.any() else float("nan"),
-        "acc": round(100.0 * float((pred == y).mean()), 4) if len(pred) else float("nan"),
-        "n_per_group": [int(c) for c in table.n],
-    }
-    out["gap"] = round(out["balanced_avg"] - out["worst_group"], 4)
-    if train_weights is not None:
-        out["train_weighted_avg"] = metrics.average_accuracy(pred, y, group, weighting="train", n_groups=n_groups,
-                                                             train_proportions=train_weights)
-    return out
-
-
 class _ClipAdapter:
     """The two methods text.zero_shot_classifier needs, on a bare open_clip model."""
 
     def __init__(self, clip, tokenizer, device):
         self.clip, self.tokenizer, self.device = clip, tokenizer, device
+        size = clip.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
 
     @torch.no_grad()
     def encode_text(self, texts, normalize=True):
@@ -156,21 +123,25 @@ class _ClipAdapter:
         return F.normalize(e, dim=-1) if normalize else e
 
 
-@torch.no_grad()
 def _zero_shot(model, images: np.ndarray, y: np.ndarray, b: np.ndarray, bank, batch_size: int = 500,
                p_aligned: float = 0.95) -> dict[str, Any]:
+    """Zero-shot metrics through the library's path: prompt-bank classifier, embeddings, predict, summary."""
+    from .baselines import predict
     from .text import zero_shot_classifier
 
-    cls = zero_shot_classifier(model, bank)
-    sp = zero_shot_classifier(model, bank, spurious=True)
-    emb = torch.cat([model.encode_image(syn.to_pixels(images[i : i + batch_size]), normalize=True).float().cpu()
-                     for i in range(0, len(images), batch_size)])
-    pred = (emb @ cls.float().cpu()).argmax(1).numpy()
-    pred_b = (emb @ sp.float().cpu()).argmax(1).numpy()
-    group = 2 * y + b
+    cls = zero_shot_classifier(model, bank).float().cpu()
+    sp = zero_shot_classifier(model, bank, spurious=True).float().cpu()
+    size = syn.model_image_size(model)
+    with torch.no_grad():
+        emb = torch.cat([model.encode_image(syn.to_pixels(images[i : i + batch_size], size=size), normalize=True)
+                         .float().cpu() for i in range(0, len(images), batch_size)])
+    pred = predict(emb, cls).numpy()
+    pred_b = predict(emb, sp).numpy()
+    group = 2 * np.asarray(y) + np.asarray(b)
     w = [p_aligned / 2, (1 - p_aligned) / 2, (1 - p_aligned) / 2, p_aligned / 2]
-    out = group_metrics(pred, y, group, 4, train_weights=w)
-    out["background_acc"] = 100.0 * float((pred_b == b).mean())
+    out = metrics.summary(pred, y, group, group_names=syn.GROUP_NAMES, train_proportions=w)
+    out["group_acc"] = [out[f"acc_{g}"] for g in syn.GROUP_NAMES]
+    out["background_acc"] = 100.0 * float((pred_b == np.asarray(b)).mean())
     return out
 
 
@@ -181,14 +152,16 @@ def evaluate_zero_shot(model, dataset: GroupDataset | None = None, split: str = 
 
     Args:
         model: a :class:`~ltcutils.models.LoadedModel` (or anything with ``encode_text`` and
-            ``encode_image`` taking ``[batch, 3, 64, 64]`` pixels).
+            ``encode_image``); renders are resized to its input size.
         dataset: a synthetic :class:`GroupDataset`; default ``make_split(split, n_per_group=...)``.
         bank: prompt bank name or YAML path (class prompts and spurious prompts).
         p_aligned: training correlation, for the train-weighted average.
 
     Returns:
-        :func:`group_metrics` plus ``background_acc`` (the background read zero-shot with the
-        spurious prompts, percent).
+        :func:`ltcutils.metrics.summary` (``wg``, ``avg_group``, ``avg_sample``, ``avg_train``,
+        ``gap_group``, ``acc_<group>``, ...) plus ``group_acc`` (``[4]`` in GROUP_NAMES order)
+        and ``background_acc`` (the background read zero-shot with the spurious prompts), all
+        in percent.
     """
     from .text import load_prompt_bank
 
@@ -272,7 +245,7 @@ def training_images(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None
         cache = Path(cache_dir) / f"synthetic-train-{ds.fingerprint()}.npy"
         if cache.is_file():
             arr = np.load(cache, allow_pickle=False)
-            if arr.shape == (len(ds), syn.IMAGE_SIZE, syn.IMAGE_SIZE, 3):
+            if arr.shape == (len(ds), syn.IMAGE_SIZE, syn.IMAGE_SIZE, 3):  # same generator version: fingerprint
                 return ds, arr
     images = syn.render_batch([int(s) for s in ds.ids], progress=progress)
     if cache is not None:
@@ -336,11 +309,13 @@ def train(
         ds, images = training_images(cfg, cache_dir, progress)
         t_data = time.time() - t_start
         species = ds.extra["species"]
+        place = ds.extra["place"]
         b = ds.spurious
 
         torch.manual_seed(cfg.seed)
         loaded = load_model(cfg.model, pretrained=None, device=device)
         clip, tokenizer = loaded.clip, loaded.tokenizer
+        image_size = syn.model_image_size(loaded)  # renders are resized if the config differs
         clip.train()
         opt = torch.optim.AdamW(_param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-6)
         rng_order = np.random.default_rng([cfg.seed, 101])
@@ -370,13 +345,13 @@ def train(
                 cursor = 0
             idx = np.sort(order[cursor : cursor + cfg.batch_size])
             cursor += cfg.batch_size
-            caps = syn.sample_captions(species[idx], b[idx], rng_caption)
+            caps = syn.sample_captions(species[idx], b[idx], rng_caption, place=place[idx])
             pos = None
             if cfg.loss == "compat":
-                pos = torch.from_numpy(syn.caption_compatibility(caps, species[idx], b[idx]))
+                pos = torch.from_numpy(syn.caption_compatibility(caps, species[idx], b[idx], place[idx]))
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, cfg)
-            pixels = syn.to_pixels(images[idx]).to(device)
+            pixels = syn.to_pixels(images[idx], size=image_size).to(device)
             img = F.normalize(clip.encode_image(pixels), dim=-1)
             txt = F.normalize(clip.encode_text(tokens(caps.texts)), dim=-1)
             loss = contrastive_loss(img, txt, clip.logit_scale, pos)
@@ -396,12 +371,12 @@ def train(
                                p_aligned=cfg.p_aligned)
                 clip.train()
                 rec = {"step": step + 1, "loss": float(np.mean(losses[-cfg.eval_every:])),
-                       "val_worst_group": m["worst_group"], "val_balanced_avg": m["balanced_avg"],
-                       "val_group_acc": m["group_acc"], "val_background_acc": m["background_acc"],
+                       "val_wg": m["wg"], "val_avg_group": m["avg_group"],
+                       "val_group_acc": [round(v, 1) for v in m["group_acc"]], "val_background_acc": m["background_acc"],
                        "elapsed_s": round(time.time() - t_start, 1)}
                 history.append(rec)
-                log(f"step {step + 1}: loss {rec['loss']:.3f}  val WG {m['worst_group']:.1f}  "
-                    f"avg {m['balanced_avg']:.1f}  groups {m['group_acc']}  bg {m['background_acc']:.1f}  "
+                log(f"step {step + 1}: loss {rec['loss']:.3f}  val WG {m['wg']:.1f}  "
+                    f"avg {m['avg_group']:.1f}  groups {rec['val_group_acc']}  bg {m['background_acc']:.1f}  "
                     f"({rec['elapsed_s']} s)")
         train_s = time.time() - t_train
         clip.eval()
@@ -422,8 +397,9 @@ def train(
             summary["test"] = evaluate_zero_shot(model, n_per_group=final_eval_per_group, seed=cfg.data_seed,
                                                  p_aligned=cfg.p_aligned)
             summary["test"]["n_per_group_requested"] = final_eval_per_group
-            log(f"test: WG {summary['test']['worst_group']:.1f}  avg {summary['test']['balanced_avg']:.1f}  "
-                f"groups {summary['test']['group_acc']}  bg {summary['test']['background_acc']:.1f}")
+            log(f"test: WG {summary['test']['wg']:.1f}  avg {summary['test']['avg_group']:.1f}  "
+                f"groups {[round(v, 1) for v in summary['test']['group_acc']]}  "
+                f"bg {summary['test']['background_acc']:.1f}")
             if out is not None:
                 save_checkpoint(clip, out, summary)
         summary["model"] = clip
@@ -454,11 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-per-group", type=int, default=d.eval_per_group)
     p.add_argument("--final-eval-per-group", type=int, default=500)
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--model", default=d.model, help="model config name (ltcutils/model_configs)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = TrainConfig(seed=a.seed, steps=a.steps, batch_size=a.batch_size, n_train=a.n_train, p_aligned=a.p_aligned,
                       data_seed=a.data_seed, loss=a.loss, lr=a.lr, weight_decay=a.weight_decay, warmup=a.warmup,
-                      eval_every=a.eval_every, eval_per_group=a.eval_per_group, threads=a.threads)
+                      eval_every=a.eval_every, eval_per_group=a.eval_per_group, threads=a.threads,
+                      model=a.model)
     summary = train(cfg, out=a.out, cache_dir=a.cache_dir, progress=not a.no_progress,
                     final_eval_per_group=a.final_eval_per_group)
     summary.pop("model")

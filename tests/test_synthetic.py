@@ -33,7 +33,7 @@ def seeds_of(species: int, n: int, start: int = 0) -> list[int]:
 def test_render_is_deterministic_and_seed_dependent():
     a = syn.render_array(123)
     b = syn.render_array(123)
-    assert a.dtype == np.uint8 and a.shape == (64, 64, 3)
+    assert a.dtype == np.uint8 and a.shape == (48, 48, 3) == (syn.IMAGE_SIZE, syn.IMAGE_SIZE, 3)
     assert a.tobytes() == b.tobytes()
     assert syn.render(123).tobytes() == a.tobytes()
     assert syn.render_array(124).tobytes() != a.tobytes()
@@ -43,67 +43,139 @@ def test_render_is_deterministic_and_seed_dependent():
 
 def test_render_modes_and_errors():
     img = syn.render(5)
-    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (64, 64)
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (48, 48)
     with pytest.raises(ValueError, match="background"):
         syn.render(5, background=2)
+    with pytest.raises(ValueError, match="place"):
+        syn.render(5, place=6)
+    with pytest.raises(ValueError, match="not a water place"):
+        syn.render(5, background=1, place=0)
     with pytest.raises(ValueError, match="nothing to draw"):
         syn.render(5, object=False, draw_background=False)
     with pytest.raises(TypeError, match="non-negative integer"):
         syn.render(-1)
     with pytest.raises(TypeError, match="non-negative integer"):
         syn.render(1.5)
+    with pytest.raises(ValueError, match="object_seeds"):
+        syn.render_batch([1, 2], object_seeds=[3])
+
+
+def _touched(seed):
+    """Pixels the bird covers at all (even a sliver of its anti-aliased edge)."""
+    return syn._object(seed)[1] > 0
+
+
+def _full_cover(seed):
+    """Pixels the bird covers completely (its anti-aliased edge blends with the background)."""
+    return syn._object(seed)[1] >= 1.0
 
 
 def test_background_counterfactual_keeps_object_pixels():
     for seed in range(6):
-        mask = syn.object_mask(seed)
-        assert mask.sum() > 40, "the bird should cover a visible area"
+        mask, full = syn.object_mask(seed), _full_cover(seed)
+        assert mask.sum() > 60 and full.sum() > 30, "the bird should cover a visible area"
         land = syn.render_array(seed, background=0)
         water = syn.render_array(seed, background=1)
         grey = syn.render_array(seed, draw_background=False)
         # identical where the bird is drawn, different elsewhere
-        assert np.array_equal(land[mask], water[mask])
-        assert np.array_equal(land[mask], grey[mask])
+        assert np.array_equal(land[full], water[full])
+        assert np.array_equal(land[full], grey[full])
         assert np.abs(land[~mask].astype(int) - water[~mask].astype(int)).mean() > 20
+        touched = _touched(seed)
         # the item's own render equals the counterfactual with its own background
         own = syn.item_labels(seed)[2]
         assert np.array_equal(syn.render_array(seed), (land, water)[own])
+        # the swapped background is the same kind of scene on the other side
+        p = syn.item_place(seed)
+        other = syn.render_array(seed, background=1 - own)
+        assert np.array_equal(other, syn.render_array(seed, place=3 * (1 - own) + p % 3))
         # background-only differs from the full render only where the bird is
         bg_only = syn.render_array(seed, object=False)
-        full = syn.render_array(seed)
-        assert np.array_equal(bg_only[~mask], full[~mask])
-        assert not np.array_equal(bg_only[mask], full[mask])
+        render = syn.render_array(seed)
+        assert np.array_equal(bg_only[~touched], render[~touched])
+        assert not np.array_equal(bg_only[mask], render[mask])
 
 
-def test_backgrounds_have_their_colours():
-    # water is bluer than land on average (the spurious cue), same birds
+def test_object_counterfactual_keeps_the_background():
     seeds = list(range(40))
+    partners = syn.swap_partners(seeds)
+    lab = syn.labels_for_seeds(seeds)
+    assert (syn.labels_for_seeds(partners)["y"] == 1 - lab["y"]).all(), "the partner is of the other class"
+    for s, q in zip(seeds[:6], partners[:6]):
+        swapped = syn.render_array(s, object_seed=int(q))
+        both = _touched(s) | _touched(int(q))
+        own = syn.render_array(s)
+        assert np.array_equal(swapped[~both], own[~both]), "same background and photo noise outside both birds"
+        # only the partner's bird changes the picture: it differs from the bare background just there
+        bare = syn.render_array(s, object=False)
+        assert not (swapped != bare).any(-1)[~_touched(int(q))].any()
+        # where the partner's bird covers a pixel fully, the pixel no longer depends on the background
+        bird = _full_cover(int(q))
+        grey = syn.render_array(s, draw_background=False, object_seed=int(q))
+        assert bird.sum() > 30 and np.array_equal(swapped[bird], grey[bird])
+    assert np.array_equal(syn.render_batch(seeds[:3], object_seeds=partners[:3])[1],
+                          syn.render_array(seeds[1], object_seed=int(partners[1])))
+    with pytest.raises(ValueError, match="both classes"):
+        syn.swap_partners([s for s in seeds if lab["y"][s] == 0])
+
+
+def test_places_have_their_colours():
+    # water places are bluer than land places on average (the spurious cue)
+    seeds = list(range(60))
     land = syn.render_batch(seeds, background=0, object=False).astype(float)
     water = syn.render_batch(seeds, background=1, object=False).astype(float)
     blueness = lambda x: (x[..., 2] - x[..., 0]).mean((1, 2))  # noqa: E731
-    assert (blueness(water) > blueness(land) + 30).all()
+    assert (blueness(water) > blueness(land) + 20).all()
+    # the six places differ from one another (mean colour per place)
+    by_place = np.stack([syn.render_batch(seeds[:20], place=p, object=False).astype(float).mean((0, 1, 2))
+                         for p in range(len(syn.PLACES))])
+    dist = np.abs(by_place[:, None] - by_place[None]).sum(-1)
+    assert (dist + 1e9 * np.eye(6) > 15).all(), dist
 
 
-def test_species_silhouettes_differ():
-    # heron is tall, duck is flat: compare the bounding boxes of the bird masks
+def test_species_silhouettes_and_attributes():
+    # swans have long necks (tall), ducks are flat; waterbird feet are orange, landbird feet dark
     def height_width(seed):
         ys, xs = np.nonzero(syn.object_mask(seed))
         return (ys.max() - ys.min() + 1) / (xs.max() - xs.min() + 1)
 
-    herons = [height_width(s) for s in seeds_of(syn.SPECIES.index("heron"), 10)]
+    swans = [height_width(s) for s in seeds_of(syn.SPECIES.index("swan"), 10)]
     ducks = [height_width(s) for s in seeds_of(syn.SPECIES.index("duck"), 10)]
-    assert min(herons) > 1.0 > 0.6 > max(ducks)
+    assert min(swans) > max(ducks)
+
+    def feet_orange(seed):  # the bottom rows of the bird, on grey
+        img = syn.render_array(seed, draw_background=False).astype(int)
+        ys, xs = np.nonzero(syn.object_mask(seed))
+        rows = img[ys.max() - 1 : ys.max() + 1]
+        m = syn.object_mask(seed)[ys.max() - 1 : ys.max() + 1]
+        px = rows[m]
+        return float((px[:, 0] - px[:, 2]).mean())
+
+    for sp in range(6):
+        vals = [feet_orange(s) for s in seeds_of(sp, 5)]
+        if syn.SPECIES_CLASS[sp] == 1:
+            assert min(vals) > 80, (syn.SPECIES[sp], vals)
+        else:
+            assert max(vals) < 40, (syn.SPECIES[sp], vals)
+    # every species has its class's attributes, and none of the other class's
+    for sp, name in enumerate(syn.SPECIES):
+        y = int(syn.SPECIES_CLASS[sp])
+        assert set(syn.CLASS_ATTRIBUTES[y]) <= set(syn.SPECIES_ATTRIBUTES[name])
+        assert not set(syn.CLASS_ATTRIBUTES[1 - y]) & set(syn.SPECIES_ATTRIBUTES[name])
 
 
 def test_labels_are_consistent():
     for s in range(50):
         y, species, b = syn.item_labels(s)
         assert y == syn.SPECIES_CLASS[species] and b in (0, 1)
+        assert syn.PLACE_BACKGROUND[syn.item_place(s)] == b
     lab = syn.labels_for_seeds(range(3000))
-    # species roughly uniform, backgrounds roughly balanced
+    # species roughly uniform, backgrounds roughly balanced, every place used
     counts = np.bincount(lab["species"], minlength=6)
     assert counts.min() > 400
     assert 0.45 < lab["spurious"].mean() < 0.55
+    assert np.bincount(lab["place"], minlength=6).min() > 400
+    assert np.array_equal(syn.PLACE_BACKGROUND[lab["place"]], lab["spurious"])
 
 
 def test_split_group_proportions_and_disjointness():
@@ -120,6 +192,7 @@ def test_split_group_proportions_and_disjointness():
     for ds in (val, test):
         assert list(ds.group_counts().values()) == [30, 30, 30, 30]
         assert ds.group_names == syn.GROUP_NAMES
+        assert ds.info["place_names"] == syn.PLACES and ds.info["version"] == 2
     ids = [set(ds.ids) for ds in (train, val, test)]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     # another seed family is disjoint too
@@ -130,6 +203,7 @@ def test_split_group_proportions_and_disjointness():
         assert np.array_equal(lab["y"], ds.y) and np.array_equal(lab["spurious"], ds.spurious)
         assert np.array_equal(ds.group, 2 * ds.y + ds.spurious)
         assert np.array_equal(ds.extra["species"], lab["species"])
+        assert np.array_equal(ds.extra["place"], lab["place"])
         assert np.array_equal(np.asarray(ds.image(3)), syn.render_array(int(ds.ids[3])))
     # smaller balanced splits are prefixes (per group) of larger ones
     small = syn.make_split("test", n_per_group=10)
@@ -148,77 +222,104 @@ def test_split_errors():
 def test_render_speed():
     import time
 
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: the machine may be shared, wall time is not this code's
     syn.render_batch(range(200))
-    per_image = (time.perf_counter() - t) / 200
-    # 4k evaluation images must take well under a minute (typically ~1-2 ms each)
-    assert per_image < 0.010, f"{per_image * 1e3:.1f} ms per image"
+    per_image = (time.process_time() - t) / 200
+    # 4k evaluation images must take well under a minute (typically ~2-3 ms each)
+    assert per_image < 0.015, f"{per_image * 1e3:.1f} ms per image"
 
 
 def test_to_pixels_matches_model_preprocess(tiny_model):
     imgs = syn.render_batch([1, 2, 3])
     ours = syn.to_pixels(imgs)
     theirs = torch.stack([tiny_model.preprocess(Image.fromarray(a)) for a in imgs])
-    assert ours.shape == (3, 3, 64, 64)
+    assert ours.shape == (3, 3, 48, 48)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert syn.model_image_size(tiny_model) == 48 == syn.model_image_size(tiny_model.hooked)
+
+
+def test_to_pixels_resizes_like_open_clip_for_a_bigger_model():
+    """A 224 px ViT gets the renders resized as its own preprocess would resize them."""
+    import open_clip
+
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained=None)
+    imgs = syn.render_batch([1, 2])
+    ours = syn.to_pixels(imgs, size=224)
+    theirs = torch.stack([preprocess(Image.fromarray(a)) for a in imgs])
+    assert ours.shape == (2, 3, 224, 224)
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
 def test_captions_agree_with_labels():
     rng = np.random.default_rng(0)
-    seeds = list(range(400))
+    seeds = list(range(600))
     lab = syn.labels_for_seeds(seeds)
-    caps = syn.sample_captions(lab["species"], lab["spurious"], rng)
-    assert len(caps.texts) == 400
-    for t, s, b, kind, val, attr, bg in zip(caps.texts, lab["species"], lab["spurious"], caps.obj_kind,
-                                            caps.obj_value, caps.attribute, caps.background):
+    caps = syn.sample_captions(lab["species"], lab["spurious"], rng, place=lab["place"])
+    assert len(caps.texts) == 600
+    for i, t in enumerate(caps.texts):
+        s, b, p = lab["species"][i], lab["spurious"][i], lab["place"][i]
+        kind, val = caps.obj_kind[i], caps.obj_value[i]
         y = syn.SPECIES_CLASS[s]
-        other_bg = syn.SPURIOUS_NAMES[1 - b]
-        other_cls = syn.CLASS_NAMES[1 - y]
-        assert other_cls not in t, t
-        assert not any(name in t for i, name in enumerate(syn.SPECIES) if i != s), t
-        assert f"on {other_bg}" not in t and other_bg + " background" not in t, t
+        assert syn.CLASS_NAMES[1 - y] not in t, t
+        assert not any(name in t for j, name in enumerate(syn.SPECIES) if j != s), t
+        assert f"on {syn.SPURIOUS_NAMES[1 - b]}" not in t and syn.SPURIOUS_NAMES[1 - b] + " background" not in t, t
+        assert not any(ph in t for j, ph in enumerate(syn.PLACE_PHRASES) if j != p), t
         if kind == syn.OBJ_NONE:
-            assert syn.SPURIOUS_NAMES[b] in t or ("grass" in t) == (b == 0)
+            assert syn.SPURIOUS_NAMES[b] in t or syn.PLACE_ONLY[p] == t
+        elif kind == syn.OBJ_BIRD:
+            assert " bird" in t and val == -1
         else:
             word = syn.SPECIES[s] if kind == syn.OBJ_SPECIES else syn.CLASS_NAMES[y]
             assert word in t and val == (s if kind == syn.OBJ_SPECIES else y)
-        if attr >= 0:
-            assert syn.ATTRIBUTES[attr] in t and attr in syn.SPECIES_ATTRIBUTES[syn.SPECIES[s]]
-        if bg >= 0:
-            assert bg == b
-    # the mix of caption kinds is as documented (10% background only, 20% of the rest species)
-    frac_bg_only = np.mean(caps.obj_kind == syn.OBJ_NONE)
-    assert 0.05 < frac_bg_only < 0.16
-    assert 0.12 < np.mean(caps.obj_kind[caps.obj_kind > 0] == syn.OBJ_SPECIES) < 0.3
-    assert 0.3 < np.mean(caps.attribute[caps.obj_kind > 0] >= 0) < 0.5
+        for a in (caps.attribute[i], caps.attribute2[i]):
+            if a >= 0:
+                assert syn.ATTRIBUTES[a] in t and a in syn.SPECIES_ATTRIBUTES[syn.SPECIES[s]]
+        if caps.background[i] >= 0:
+            assert caps.background[i] == b
+        if caps.place[i] >= 0:
+            assert caps.place[i] == p
+    # the mix of caption kinds is as documented
+    obj = caps.obj_kind > 0
+    assert 0.05 < np.mean(~obj) < 0.16
+    assert 0.12 < np.mean(caps.obj_kind[obj] == syn.OBJ_SPECIES) < 0.3
+    assert 0.2 < np.mean(caps.obj_kind[obj] == syn.OBJ_BIRD) < 0.4
+    assert 0.6 < np.mean(caps.attribute[obj] >= 0) < 0.8
+    assert 0.2 < np.mean(caps.attribute2[obj] >= 0) < 0.4
+    assert (caps.place >= 0).any() and (caps.background >= 0).any()
     one = syn.caption(7, np.random.default_rng(1))
     assert isinstance(one, str) and one == syn.caption(7, np.random.default_rng(1))
+    with pytest.raises(ValueError, match="agree with spurious"):
+        syn.sample_captions([0], [0], rng, place=[3])
 
 
 def test_caption_compatibility_by_hand():
     caps = syn.CaptionBatch(
-        texts=["a landbird", "a heron with long legs", "a photo of water", "a waterbird on land",
-               "a gull with long legs"],
-        obj_kind=np.array([1, 2, 0, 1, 2]), obj_value=np.array([0, 5, -1, 1, 4]),
-        attribute=np.array([-1, 12, -1, -1, 12]), background=np.array([-1, -1, 1, 0, -1]),
+        texts=["a landbird", "a swan with webbed feet", "a photo of water", "a waterbird on land",
+               "a bird with webbed feet and a long beak", "a photo of a lake"],
+        obj_kind=np.array([1, 2, 0, 1, 3, 0]), obj_value=np.array([0, 4, -1, 1, -1, -1]),
+        attribute=np.array([-1, 4, -1, -1, 4, -1]), background=np.array([-1, -1, 1, 0, -1, -1]),
+        attribute2=np.array([-1, -1, -1, -1, 8, -1]), place=np.array([-1, -1, -1, -1, -1, 4]),
     )
-    species = [0, 5, 4, 3]  # sparrow, heron, gull, duck
+    species = [0, 4, 5, 3]  # sparrow, swan, gull, duck
     spurious = [1, 0, 1, 0]
-    got = syn.caption_compatibility(caps, species, spurious)
+    place = [4, 1, 3, 2]    # lake, bamboo, ocean, field
+    got = syn.caption_compatibility(caps, species, spurious, place)
     want = np.array([
-        [1, 0, 1, 0, 0],  # sparrow on water
-        [0, 1, 0, 1, 0],  # heron on land
-        [0, 0, 1, 0, 1],  # gull on water
-        [0, 0, 0, 1, 0],  # duck on land
+        [1, 0, 1, 0, 0, 1],  # sparrow on a lake
+        [0, 1, 0, 1, 0, 0],  # swan in bamboo
+        [0, 0, 1, 0, 1, 0],  # gull on the ocean
+        [0, 0, 0, 1, 0, 0],  # duck in a field
     ], dtype=bool)
     assert np.array_equal(got, want)
+    # without places, a place caption fits every image on its background
+    assert syn.caption_compatibility(caps, species, spurious)[:, 5].tolist() == [True, False, True, False]
 
 
 def test_captions_fit_the_context(tiny_model):
     texts = syn.all_captions()
-    assert len(texts) > 200
+    assert len(texts) > 1000
     tok = tiny_model.tokenizer(texts)
-    assert tok.shape[1] == 16
+    assert tok.shape[1] == 24
     # the end-of-text token (the largest id) must be inside the context for every caption
     assert (tok == 49407).any(1).all(), [t for t, row in zip(texts, tok) if not (row == 49407).any()]
     from ltcutils.text import load_prompt_bank
@@ -239,10 +340,13 @@ def test_prompt_bank_matches_the_generator():
     assert bank.class_prompts == {"landbird": ["a photo of a landbird"], "waterbird": ["a photo of a waterbird"]}
     assert len(bank.injection) >= 3 and bank.roboshot_reject and bank.roboshot_accept
     assert set(bank.ortho_candidates) == set(syn.CLASS_NAMES)
-    # every injection pair uses caption attributes and points waterbird-like (a) vs landbird-like (b)
-    attr_of = {a.removeprefix("with "): i for i, a in enumerate(syn.ATTRIBUTES)}
+    # every injection pair names caption attributes, waterbird-like (a) vs landbird-like (b), and the
+    # "a" side is true of most waterbird species and no landbird (the class-defining attributes)
+    attr_of = {a: i for i, a in enumerate(syn.ATTRIBUTES)}
+    captions = set(syn.all_captions())
     for a, b in bank.injection:
+        assert a in captions and b in captions, (a, b)
         ia, ib = (attr_of[s.removeprefix("a bird with ")] for s in (a, b))
-        true_a = syn.SPECIES_CLASS[syn.ATTRIBUTE_TRUE[ia]]
-        true_b = syn.SPECIES_CLASS[syn.ATTRIBUTE_TRUE[ib]]
-        assert (true_a == 1).all() and (true_b == 0).all(), (a, b)
+        cls_a = syn.SPECIES_CLASS[syn.ATTRIBUTE_TRUE[ia]]
+        cls_b = syn.SPECIES_CLASS[syn.ATTRIBUTE_TRUE[ib]]
+        assert (cls_a == 1).all() and (cls_b == 0).all() and len(cls_a) >= 2 and len(cls_b) >= 2, (a, b)

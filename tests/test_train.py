@@ -14,31 +14,38 @@ import torch.nn.functional as F  # noqa: E402
 import ltcutils as ltc  # noqa: E402
 from ltcutils.models import DEFAULT_CHECKPOINT  # noqa: E402
 from ltcutils.train import (  # noqa: E402
-    TrainConfig, _lr_at, contrastive_loss, group_metrics, read_checkpoint_metadata, save_checkpoint, train,
+    TrainConfig, _lr_at, contrastive_loss, read_checkpoint_metadata, save_checkpoint, train,
 )
 
 torch.set_num_threads(1)
 
-# Zero-shot metrics of the shipped checkpoint on the balanced test split (500 per group,
-# data seed 0), as recorded in data/MODEL_CARD.md.
-SHIPPED_TEST = {"group_acc": [99.4, 44.6, 33.6, 99.6], "worst_group": 33.6, "balanced_avg": 69.3,
-                "background_acc": 100.0}
+# Zero-shot metrics of the shipped checkpoint on the balanced test split (250 per group,
+# data seed 0), as recorded in data/MODEL_CARD.md and in the checkpoint's metadata.
+SHIPPED_TEST = {"group_acc": [99.2, 55.2, 28.4, 100.0], "wg": 28.4, "avg_group": 70.7, "background_acc": 99.7}
 
 
-def test_group_metrics_by_hand():
-    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
-    group = np.array([0, 0, 1, 2, 2, 3, 1, 3])
-    pred = np.array([0, 0, 1, 1, 0, 1, 0, 1])
-    m = group_metrics(pred, y, group, 4, train_weights=[0.45, 0.05, 0.05, 0.45])
-    # group 0: 2/2, group 1: 1/2, group 2: 1/2, group 3: 2/2
-    assert m["group_acc"] == [100.0, 50.0, 50.0, 100.0]
-    assert m["worst_group"] == 50.0 and m["balanced_avg"] == 75.0 and m["gap"] == 25.0
-    assert m["acc"] == 75.0 and m["n_per_group"] == [2, 2, 2, 2]
-    assert m["train_weighted_avg"] == pytest.approx(0.45 * 100 * 2 + 0.05 * 50 * 2)
-    empty = group_metrics(np.array([0]), np.array([0]), np.array([0]), 2)
-    assert math.isnan(empty["group_acc"][1]) and empty["worst_group"] == 100.0
-    with pytest.raises(ValueError, match="equal length"):
-        group_metrics(pred[:3], y, group)
+def test_zero_shot_metrics_by_hand():
+    """evaluate_zero_shot = the model's own preprocess + prompt-bank classifier, counted by hand."""
+    from PIL import Image
+
+    from ltcutils.datasets import synthetic as syn
+    from ltcutils.text import load_prompt_bank, zero_shot_classifier
+
+    torch.manual_seed(0)
+    model = ltc.models.load_model("ltc-tiny", pretrained=None)
+    ds = syn.make_split("test", n_per_group=6)
+    m = ltc.train.evaluate_zero_shot(model, dataset=ds, p_aligned=0.9)
+    bank = load_prompt_bank("synthetic")
+    px = torch.stack([model.preprocess(Image.fromarray(a)) for a in syn.render_batch([int(i) for i in ds.ids])])
+    emb = model.encode_image(px, normalize=True).cpu()
+    pred = (emb @ zero_shot_classifier(model, bank).cpu()).argmax(1).numpy()
+    pred_b = (emb @ zero_shot_classifier(model, bank, spurious=True).cpu()).argmax(1).numpy()
+    acc = [100.0 * np.mean(pred[ds.group == g] == ds.y[ds.group == g]) for g in range(4)]
+    np.testing.assert_allclose(m["group_acc"], acc)
+    assert m["wg"] == pytest.approx(min(acc)) and m["avg_group"] == pytest.approx(np.mean(acc))
+    assert m["avg_train"] == pytest.approx(0.45 * acc[0] + 0.05 * acc[1] + 0.05 * acc[2] + 0.45 * acc[3])
+    assert m["worst_group"] == syn.GROUP_NAMES[int(np.argmin(acc))]  # a group name, as everywhere
+    assert m["background_acc"] == pytest.approx(100.0 * np.mean(pred_b == ds.spurious))
 
 
 def test_contrastive_loss_by_hand():
@@ -126,7 +133,7 @@ def test_save_checkpoint_is_atomic_and_keeps_old_file_on_failure(tmp_path, monke
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(safetensors.torch, "save", boom)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(clip, path, {"hello": 2})
     assert path.read_bytes() == before
@@ -143,16 +150,21 @@ def shipped():
 
 
 def test_shipped_checkpoint_reproduces_its_metrics(shipped):
-    m = ltc.train.evaluate_zero_shot(shipped)  # balanced test split, 2000 images, a few seconds
+    m = ltc.train.evaluate_zero_shot(shipped, n_per_group=250)  # balanced test split, 1000 images
     meta = read_checkpoint_metadata(DEFAULT_CHECKPOINT)
-    for key in ("worst_group", "balanced_avg", "background_acc"):
+    for key in ("wg", "avg_group", "background_acc"):
         assert m[key] == pytest.approx(SHIPPED_TEST[key], abs=0.3), key
         assert m[key] == pytest.approx(meta["test"][key], abs=0.3), key
     np.testing.assert_allclose(m["group_acc"], SHIPPED_TEST["group_acc"], atol=0.3)
     # what the embedded default must show: a real bias, read from the background
-    assert m["balanced_avg"] - m["worst_group"] >= 20
+    assert m["avg_group"] - m["wg"] >= 20
     assert m["background_acc"] >= 90
     assert meta["config"]["loss"] == "compat" and meta["steps"] == meta["config"]["steps"]
+    assert meta["config"]["model"] == "ltc-tiny" and meta["config"]["steps"] == TrainConfig().steps
+    # the architecture the issue asks for: >= 6 layers x 8 heads, >= 6 x 6 patches
+    cfg = shipped.hooked.cfg
+    assert cfg.n_layers >= 6 and cfg.n_heads >= 8 and cfg.image_size // cfg.patch_size >= 6
+    assert DEFAULT_CHECKPOINT.stat().st_size <= 30e6
 
 
 def _slow_enabled() -> bool:
@@ -160,18 +172,23 @@ def _slow_enabled() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _slow_enabled(), reason="retrains the tiny CLIP from scratch (about 6-10 min on 2 CPU "
+@pytest.mark.skipif(not _slow_enabled(), reason="retrains the tiny CLIP from scratch (about 10-25 min on 2 shared CPU "
                     "cores); run with LTC_SLOW=1")
 def test_retrain_from_scratch_shows_bias_and_room_for_ltc(tmp_path):
-    from ltcutils.groundtruth import oracle_ablation
-
     out = tmp_path / "retrained.safetensors"
     summary = train(TrainConfig(), out=out, progress=False, final_eval_per_group=500)
     t = summary["test"]
-    assert t["balanced_avg"] - t["worst_group"] >= 20
+    assert t["avg_group"] - t["wg"] >= 20
     assert t["background_acc"] >= 90
-    r = oracle_ablation(ltc.models.load_model("ltc-tiny", pretrained=out), ks=(4, 8), n_random=10)
-    best = max(v["metrics"]["worst_group"] for v in r["ablation"].values())
-    assert best - r["zero_shot"]["worst_group"] >= 15
+    # the oracle's background heads, mean-ablated through store / correct / evaluate
+    ex = ltc.experiment.setup(pretrained=str(out), output_dir=tmp_path / "outputs", n_per_group=100)
+    W = ex.classifier()
+    ref, test = ex.store("val", progress=False), ex.store("test", progress=False)
+    split = ltc.evaluate.EvalSplit.from_store(test, W)
+    o = ltc.groundtruth.oracle_table(ex.model, [int(s) for s in ex.split("val").ids], W)
+    corr = ltc.correct.Correction.mean_ablation(o.top_heads(4), ltc.correct.head_means(ref.terms), ref.terms.layers,
+                                                "val")
+    ablated = ltc.evaluate.score(split, ltc.correct.corrected_logits(split.lens, corr, split.terms))["wg"]
+    assert ablated - ltc.evaluate.score(split, split.lens.logits())["wg"] >= 15
     # same machine, same seed: the shipped numbers come back (loose: other CPUs may round differently)
-    assert abs(t["worst_group"] - SHIPPED_TEST["worst_group"]) <= 10
+    assert abs(t["wg"] - SHIPPED_TEST["wg"]) <= 10

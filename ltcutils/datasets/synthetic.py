@@ -2,139 +2,106 @@
 
 Labels (as in Waterbirds):
 
-* ``y`` (class): 0 = landbird, 1 = waterbird. Each class has three sub-species with distinct
-  silhouettes (``species`` 0..5): sparrow (round body, short legs), robin (upright, red breast),
-  crow (big body, long tail); duck (flat low body, no legs), gull (slim body, raised wings,
-  long-ish legs), heron (long neck, long legs, long beak).
-* ``spurious`` (background): 0 = land (noisy green/brown fields with dark bushes), 1 = water
-  (blue/teal horizontal waves).
+* ``y`` (class): 0 = landbird, 1 = waterbird, each with three sub-species (``species`` 0..5):
+  sparrow, robin, crow; duck, swan, gull. The class is defined by visible attributes that
+  the captions name in words (``CLASS_ATTRIBUTES``): landbirds have talon feet, a short neck,
+  round wings and a short beak; waterbirds have webbed feet, a long neck, pointed wings and a
+  flat bill (duck, swan) or a long beak (gull). Each species adds its own (a red breast, a
+  long tail, ...): ``SPECIES_ATTRIBUTES``.
+* ``spurious`` (background): 0 = land, 1 = water, and the finer ``place`` (like Waterbirds'
+  ``place_filename``): 0 forest, 1 bamboo, 2 field (land); 3 ocean, 4 lake, 5 river (water).
 * ``group = 2 * y + spurious``: 0 landbird/land, 1 landbird/water, 2 waterbird/land,
   3 waterbird/water.
 
-Every image is a pure function of one integer *item seed*. The seed gives four independent
-random streams (``numpy.random.default_rng([seed, k])``): k = 0 the labels (sub-species and the
-item's own background), 1 the object (size, position, flip, colours), 2 the background texture,
-3 the "photo" (global brightness and pixel noise). Because the streams are independent, the same
-object can be rendered on the other background (a counterfactual) with identical object pixels::
+Every image (48 x 48 px) is a pure function of one integer *item seed*. The seed gives four
+independent random streams (``numpy.random.default_rng([seed, k])``): k = 0 the labels, 1 the
+object (size, position, flip, colours), 2 the background texture, 3 the "photo" (brightness,
+noise). Because the streams are independent, both oracles of :mod:`ltcutils.groundtruth` have
+exact counterfactuals::
 
     >>> from ltcutils.datasets import synthetic as syn
-    >>> on_land = syn.render(7, background=0)
-    >>> on_water = syn.render(7, background=1)        # same bird, same pose, other background
-    >>> bird_only = syn.render(7, draw_background=False)   # on a neutral grey
-    >>> syn.item_labels(7)                            # (y, species, own background): a heron on water
+    >>> syn.item_labels(7)                         # (y, species, own background)
     (1, 5, 1)
-
-Colours come from one shared palette with sub-species-dependent odds, so colour alone is only
-weakly predictive of the class: the model has to read the silhouette.
+    >>> syn.PLACES[syn.item_place(7)]
+    'river'
+    >>> own = syn.render(7)                        # a gull on a river
+    >>> swapped_bg = syn.render(7, background=0)   # the same gull, same pixels, in a field
+    >>> swapped_obj = syn.render(7, object_seed=8) # item 8's bird on item 7's river
 
 Splits (:func:`make_split`) select item seeds by their labels from disjoint seed ranges, so
 train, val and test never share an item. Train is biased (``P(spurious == y) = p_aligned``,
 default 0.95, exact group quotas); val and test are balanced (``n_per_group`` per group).
 
-Captions for contrastive training (:func:`caption`, :func:`sample_captions`) mention the class
-word or the sub-species name, sometimes the background and sometimes a visual attribute of the
-sub-species; 10% describe only the background. Their structure is kept so that a training loss
-can tell which captions in a batch truly describe an image (:func:`caption_compatibility`).
+Captions (:func:`sample_captions`) name the class word, the sub-species or just "bird", up
+to two attributes in words ("a bird with webbed feet and a long neck"), and sometimes the
+background ("on water") or the place ("on a lake"); 10% describe only the background. Their
+structure is kept so that a training loss can tell which captions in a batch truly describe an
+image (:func:`caption_compatibility`). Drawing is in :mod:`.synthetic_render`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from . import synthetic_render as _draw
 from .base import DatasetError, GroupDataset
+from .synthetic_render import IMAGE_SIZE, NEUTRAL_GREY, PLACES, SPECIES
 
 __all__ = [
-    "IMAGE_SIZE",
-    "CLASS_NAMES",
-    "SPURIOUS_NAMES",
-    "GROUP_NAMES",
-    "SPECIES",
-    "SPECIES_CLASS",
-    "ATTRIBUTES",
-    "SPECIES_ATTRIBUTES",
-    "item_labels",
-    "labels_for_seeds",
-    "render",
-    "render_array",
-    "render_batch",
-    "object_mask",
-    "make_split",
-    "split_seeds",
-    "caption",
-    "CaptionBatch",
-    "sample_captions",
-    "caption_compatibility",
-    "all_captions",
-    "to_pixels",
+    "IMAGE_SIZE", "CLASS_NAMES", "SPURIOUS_NAMES", "GROUP_NAMES", "SPECIES", "SPECIES_CLASS", "PLACES",
+    "PLACE_BACKGROUND", "PLACE_PHRASES", "ATTRIBUTES", "CLASS_ATTRIBUTES", "SPECIES_ATTRIBUTES", "item_labels",
+    "item_place", "labels_for_seeds", "render", "render_array", "render_batch", "object_mask", "swap_partners",
+    "make_split", "split_seeds", "caption", "CaptionBatch", "sample_captions", "caption_compatibility",
+    "all_captions", "to_pixels", "model_image_size",
 ]
 
-IMAGE_SIZE = 64
+VERSION = 2
 CLASS_NAMES = ["landbird", "waterbird"]
 SPURIOUS_NAMES = ["land", "water"]
 GROUP_NAMES = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
-SPECIES = ["sparrow", "robin", "crow", "duck", "gull", "heron"]
 SPECIES_CLASS = np.array([0, 0, 0, 1, 1, 1], dtype=np.int64)
+PLACE_BACKGROUND = np.array([0, 0, 0, 1, 1, 1], dtype=np.int64)
+#: how captions name each place
+PLACE_PHRASES = ["in a forest", "in a bamboo grove", "in a field", "on the ocean", "on a lake", "on a river"]
 
-#: Visual attributes used in captions; each is true of the sub-species listed in SPECIES_ATTRIBUTES.
+#: Visual attributes in caption words ("a bird with ..."); ATTRIBUTE_TRUE says of which species.
 ATTRIBUTES = [
-    "with a round body",    # 0 sparrow
-    "with short legs",      # 1 sparrow, robin, crow
-    "with a short beak",    # 2 sparrow, robin
-    "with a red breast",    # 3 robin
-    "with an upright body",  # 4 robin
-    "with a long tail",     # 5 crow
-    "with a big body",      # 6 crow
-    "with a flat body",     # 7 duck
-    "with no legs",         # 8 duck
-    "with a flat bill",     # 9 duck
-    "with raised wings",    # 10 gull
-    "with a slim body",     # 11 gull
-    "with long legs",       # 12 gull, heron
-    "with a long neck",     # 13 heron
-    "with a long beak",     # 14 heron
+    "talon feet",      # 0 landbirds
+    "a short neck",    # 1 landbirds
+    "round wings",     # 2 landbirds
+    "a short beak",    # 3 landbirds
+    "webbed feet",     # 4 waterbirds
+    "a long neck",     # 5 waterbirds
+    "pointed wings",   # 6 waterbirds
+    "a flat bill",     # 7 duck, swan
+    "a long beak",     # 8 gull
+    "a round body",    # 9 sparrow
+    "a red breast",    # 10 robin
+    "a long tail",     # 11 crow
+    "a big body",      # 12 crow, swan
+    "a flat body",     # 13 duck
+    "a curved neck",   # 14 swan
+    "long legs",       # 15 gull
+    "short legs",      # 16 sparrow, duck, swan
 ]
+#: the attributes every member of a class has
+CLASS_ATTRIBUTES = {0: [0, 1, 2, 3], 1: [4, 5, 6]}
 SPECIES_ATTRIBUTES: dict[str, list[int]] = {
-    "sparrow": [0, 1, 2],
-    "robin": [3, 4, 1, 2],
-    "crow": [5, 6, 1],
-    "duck": [7, 8, 9],
-    "gull": [10, 11, 12],
-    "heron": [13, 12, 14],
+    "sparrow": [0, 1, 2, 3, 9, 16],
+    "robin": [0, 1, 2, 3, 10],
+    "crow": [0, 1, 2, 3, 11, 12],
+    "duck": [4, 5, 6, 7, 13, 16],
+    "swan": [4, 5, 6, 7, 12, 14, 16],
+    "gull": [4, 5, 6, 8, 15],
 }
 #: [n_attr, n_species] True where the attribute describes the sub-species.
 ATTRIBUTE_TRUE = np.zeros((len(ATTRIBUTES), len(SPECIES)), dtype=bool)
 for _s, _attrs in enumerate(SPECIES_ATTRIBUTES.values()):
     ATTRIBUTE_TRUE[_attrs, _s] = True
-
-# ----------------------------------------------------------------------------- colours
-PALETTE = np.array([
-    (120, 82, 48),    # brown
-    (38, 38, 44),     # black
-    (232, 232, 226),  # white
-    (138, 138, 142),  # grey
-    (212, 182, 64),   # yellow
-    (176, 96, 56),    # rust
-    (84, 98, 124),    # slate
-], dtype=np.float64)
-# Odds of each palette colour per sub-species (rows: SPECIES order). Every colour is possible
-# for every bird; the class is only weakly predictable from colour.
-COLOUR_ODDS = np.array([
-    [0.30, 0.06, 0.10, 0.16, 0.12, 0.16, 0.10],  # sparrow
-    [0.18, 0.10, 0.08, 0.20, 0.10, 0.14, 0.20],  # robin
-    [0.10, 0.36, 0.06, 0.18, 0.06, 0.08, 0.16],  # crow
-    [0.26, 0.10, 0.16, 0.14, 0.14, 0.10, 0.10],  # duck
-    [0.08, 0.08, 0.32, 0.26, 0.08, 0.08, 0.10],  # gull
-    [0.10, 0.10, 0.20, 0.30, 0.06, 0.06, 0.18],  # heron
-])
-COLOUR_ODDS = COLOUR_ODDS / COLOUR_ODDS.sum(1, keepdims=True)
-LAND_BASES = np.array([(86, 132, 56), (112, 142, 62), (124, 102, 66), (96, 112, 52)], dtype=np.float64)
-WATER_BASES = np.array([(52, 96, 166), (42, 122, 142), (72, 122, 182), (32, 82, 122)], dtype=np.float64)
-NEUTRAL_GREY = 128.0
 
 _STREAM_LABELS, _STREAM_OBJECT, _STREAM_BACKGROUND, _STREAM_PHOTO = 0, 1, 2, 3
 
@@ -150,282 +117,107 @@ def _check_seed(seed) -> int:
 
 
 # ----------------------------------------------------------------------------- labels
-def item_labels(seed: int) -> tuple[int, int, int]:
-    """``(y, species, spurious)`` of an item seed: its class, sub-species and own background."""
+def _labels(seed: int) -> tuple[int, int, int, int]:
     rng = _rng(_check_seed(seed), _STREAM_LABELS)
     species = int(rng.integers(len(SPECIES)))
     b = int(rng.integers(2))
-    return int(SPECIES_CLASS[species]), species, b
+    place = 3 * b + int(rng.integers(3))
+    return int(SPECIES_CLASS[species]), species, b, place
+
+
+def item_labels(seed: int) -> tuple[int, int, int]:
+    """``(y, species, spurious)`` of an item seed: its class, sub-species and own background."""
+    return _labels(seed)[:3]
+
+
+def item_place(seed: int) -> int:
+    """The item's own place (index into PLACES; ``PLACE_BACKGROUND[place]`` is its background)."""
+    return _labels(seed)[3]
 
 
 def labels_for_seeds(seeds: Sequence[int]) -> dict[str, np.ndarray]:
-    """Labels of many item seeds: ``{"y", "species", "spurious"}``, each ``[n]`` int64."""
-    lab = np.array([item_labels(s) for s in seeds], dtype=np.int64).reshape(-1, 3)
-    return {"y": lab[:, 0], "species": lab[:, 1], "spurious": lab[:, 2]}
+    """Labels of many item seeds: ``{"y", "species", "spurious", "place"}``, each ``[n]`` int64."""
+    lab = np.array([_labels(s) for s in seeds], dtype=np.int64).reshape(-1, 4)
+    return {"y": lab[:, 0], "species": lab[:, 1], "spurious": lab[:, 2], "place": lab[:, 3]}
 
 
-# ----------------------------------------------------------------------------- drawing
-def _ellipse(cx: float, cy: float, rx: float, ry: float, angle_deg: float = 0.0,
-             n: int = 20) -> list[tuple[float, float]]:
-    a = math.radians(angle_deg)
-    ca, sa = math.cos(a), math.sin(a)
-    pts = []
-    for k in range(n):
-        t = 2 * math.pi * k / n
-        x, y = rx * math.cos(t), ry * math.sin(t)
-        pts.append((cx + x * ca - y * sa, cy + x * sa + y * ca))
-    return pts
+# ----------------------------------------------------------------------------- rendering
+def _object(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    species = _labels(seed)[1]
+    return _draw.draw_object(_draw.object_params(species, _rng(seed, _STREAM_OBJECT)))
 
 
-# A bird is a list of parts in local units: the ground point is (0, 0), y points down (negative
-# = up), the bird faces +x. Each part: (kind, points or line, paint) where paint is "body",
-# "head", "accent", "beak", "leg" or "eye".
-def _parts(species: str) -> list[tuple]:
-    E = _ellipse
-    if species == "sparrow":
-        return [
-            ("line", [(-2, -5), (-2, 0)], "leg", 1.2), ("line", [(2, -5), (2.5, 0)], "leg", 1.2),
-            ("poly", [(-7, -12), (-14, -16), (-13, -10)], "body"),
-            ("poly", E(0, -11, 8.5, 7, -8), "body"),
-            ("poly", E(6.5, -18, 4.6, 4.4), "head"),
-            ("poly", [(10.5, -19.5), (14, -17.8), (10.5, -16.5)], "beak"),
-            ("poly", E(7.8, -19, 0.9, 0.9, 0, 6), "eye"),
-        ]
-    if species == "robin":
-        return [
-            ("line", [(-1, -6), (-1.5, 0)], "leg", 1.2), ("line", [(2, -6), (2.5, 0)], "leg", 1.2),
-            ("poly", [(-4, -9), (-9, -2), (-5, -3)], "body"),
-            ("poly", E(0, -14, 6, 9.5, -18), "body"),
-            ("poly", E(3.2, -13.5, 3.6, 6.2, -18), "accent"),
-            ("poly", E(3.5, -24.5, 4.2, 4.0), "head"),
-            ("poly", [(7.3, -25.5), (10.8, -24.3), (7.3, -23.2)], "beak"),
-            ("poly", E(4.8, -25.5, 0.9, 0.9, 0, 6), "eye"),
-        ]
-    if species == "crow":
-        return [
-            ("line", [(-2, -6), (-3, 0)], "leg", 1.6), ("line", [(3, -6), (3.5, 0)], "leg", 1.6),
-            ("poly", [(-8, -15), (-23, -11), (-22, -6), (-8, -9)], "body"),
-            ("poly", E(0, -13, 11.5, 7.5, -8), "body"),
-            ("poly", E(10.5, -19.5, 5.2, 4.8), "head"),
-            ("poly", [(14.5, -22), (21, -18.8), (14.5, -16.5)], "beak"),
-            ("poly", E(12, -21, 1.0, 1.0, 0, 6), "eye"),
-        ]
-    if species == "duck":
-        return [
-            ("poly", [(-11, -7), (-17, -11), (-12, -3)], "body"),
-            ("poly", E(0, -5, 13.5, 5.2), "body"),
-            ("poly", [(6, -8), (8, -13), (12, -12), (11, -6)], "head"),
-            ("poly", E(9.5, -14, 4.4, 3.8), "head"),
-            ("poly", [(12.5, -15), (19, -13.8), (19, -12.2), (12.5, -12)], "accent"),
-            ("poly", E(10.5, -15.2, 0.9, 0.9, 0, 6), "eye"),
-        ]
-    if species == "gull":
-        return [
-            ("line", [(-1, -10), (-1.5, 0)], "leg", 1.2), ("line", [(2, -10), (2.5, 0)], "leg", 1.2),
-            ("poly", [(-10, -13), (-15, -15), (-14, -11)], "body"),
-            ("poly", E(0, -12.5, 11.5, 4.0, -4), "body"),
-            ("poly", [(-4, -14), (-12, -28), (-7, -27), (3, -14.5)], "head"),
-            ("poly", [(1, -15), (5, -29), (8, -27), (6, -14.5)], "head"),
-            ("poly", E(10.5, -16, 3.6, 3.3), "head"),
-            ("poly", [(13.5, -16.8), (18, -15.6), (13.5, -14.6)], "accent"),
-            ("poly", E(11.5, -16.8, 0.8, 0.8, 0, 6), "eye"),
-        ]
-    if species == "heron":
-        return [
-            ("line", [(-1, -17), (-1.5, 0)], "leg", 1.2), ("line", [(2, -17), (3, 0)], "leg", 1.2),
-            ("poly", [(-7, -19), (-12, -14), (-8, -16)], "body"),
-            ("poly", E(0, -20.5, 8.5, 5.0, 14), "body"),
-            ("line", [(5, -22), (8.5, -34)], "body", 3.2),
-            ("poly", E(9.5, -36, 3.2, 2.8), "head"),
-            ("poly", [(12, -37), (22.5, -35.6), (12, -34.6)], "accent"),
-            ("poly", E(10.3, -36.8, 0.8, 0.8, 0, 6), "eye"),
-        ]
-    raise ValueError(f"unknown species {species!r}; expected one of {SPECIES}")
-
-
-_PARTS = {s: _parts(s) for s in SPECIES}
-_FIXED_ACCENT = {
-    "robin": (206, 78, 40),   # red breast
-    "duck": (226, 150, 44),   # orange bill
-    "gull": (224, 196, 60),   # yellow beak
-    "heron": (214, 176, 70),  # long yellow beak
-}
-
-
-@dataclass(frozen=True)
-class _ObjectParams:
-    species: int
-    scale: float
-    cx: float
-    gy: float
-    flip: int
-    body: tuple[int, int, int]
-    head: tuple[int, int, int]
-    accent: tuple[int, int, int]
-    beak: tuple[int, int, int]
-    leg: tuple[int, int, int]
-
-
-def _clip_col(c) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.clip(np.rint(c), 0, 255))  # type: ignore[return-value]
-
-
-def _object_params(seed: int) -> _ObjectParams:
-    _, species, _ = item_labels(seed)
-    rng = _rng(seed, _STREAM_OBJECT)
-    name = SPECIES[species]
-    scale = float(rng.uniform(0.7, 1.15))
-    cx = float(rng.uniform(24, 40))
-    gy = float(rng.uniform(46, 56))
-    flip = 1 if rng.random() < 0.5 else -1
-    colour = int(rng.choice(len(PALETTE), p=COLOUR_ODDS[species]))
-    body = PALETTE[colour] + rng.normal(0, 12, 3)
-    head = body * rng.uniform(0.75, 1.1) + rng.normal(0, 8, 3)
-    accent_base = np.array(_FIXED_ACCENT.get(name, PALETTE[int(rng.integers(len(PALETTE)))]), dtype=np.float64)
-    accent = accent_base + rng.normal(0, 10, 3)
-    beak = np.array((60, 52, 44), dtype=np.float64) + rng.normal(0, 8, 3)
-    leg = np.array((70, 60, 50), dtype=np.float64) + rng.normal(0, 8, 3)
-    return _ObjectParams(species, scale, cx, gy, flip, _clip_col(body), _clip_col(head), _clip_col(accent),
-                         _clip_col(beak), _clip_col(leg))
-
-
-def _draw_object(p: _ObjectParams) -> tuple[np.ndarray, np.ndarray]:
-    """Object colours ``[H, W, 3]`` uint8 and mask ``[H, W]`` bool (no anti-aliasing)."""
-    S = IMAGE_SIZE
-    col = Image.new("RGB", (S, S), (0, 0, 0))
-    mask = Image.new("L", (S, S), 0)
-    dc, dm = ImageDraw.Draw(col), ImageDraw.Draw(mask)
-    paints = {"body": p.body, "head": p.head, "accent": p.accent, "beak": p.beak, "leg": p.leg,
-              "eye": (16, 16, 16)}
-
-    def T(pts):
-        return [(p.cx + p.flip * p.scale * x, p.gy + p.scale * y) for x, y in pts]
-
-    for part in _PARTS[SPECIES[p.species]]:
-        kind, pts, paint = part[0], T(part[1]), paints[part[2]]
-        if kind == "poly":
-            dc.polygon(pts, fill=paint)
-            dm.polygon(pts, fill=255)
-        else:
-            w = max(1, int(round(part[3] * p.scale)))
-            dc.line(pts, fill=paint, width=w)
-            dm.line(pts, fill=255, width=w)
-    return np.asarray(col), np.asarray(mask) > 0
-
-
-def _smooth_noise(rng: np.random.Generator, grid: int, channels: int = 1) -> np.ndarray:
-    """Low-frequency noise ``[H, W, channels]`` in about [-1, 1] (bilinear upsampling of a grid)."""
-    S = IMAGE_SIZE
-    out = np.empty((S, S, channels), dtype=np.float32)
-    for c in range(channels):
-        g = rng.uniform(-1, 1, (grid, grid)).astype(np.float32)
-        out[..., c] = np.asarray(Image.fromarray(g, mode="F").resize((S, S), Image.BILINEAR))
-    return out
-
-
-_YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
-
-
-def _land(rng: np.random.Generator) -> np.ndarray:
-    S = IMAGE_SIZE
-    base = LAND_BASES[int(rng.integers(len(LAND_BASES)))] + rng.normal(0, 8, 3)
-    lum = _smooth_noise(rng, int(rng.integers(3, 7)), 1) * 26
-    tint = _smooth_noise(rng, 4, 3) * 10
-    img = base[None, None, :] + lum + tint + rng.normal(0, 7, (S, S, 3))
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(pil)
-    for _ in range(int(rng.integers(2, 6))):
-        x, y = rng.uniform(0, S), rng.uniform(8, S)
-        rx, ry = rng.uniform(3, 9), rng.uniform(2, 6)
-        shade = np.array((34, 62, 28)) + rng.normal(0, 6, 3)
-        d.ellipse([x - rx, y - ry, x + rx, y + ry], fill=_clip_col(shade))
-    return np.asarray(pil).astype(np.float32)
-
-
-def _water(rng: np.random.Generator) -> np.ndarray:
-    S = IMAGE_SIZE
-    base = WATER_BASES[int(rng.integers(len(WATER_BASES)))] + rng.normal(0, 8, 3)
-    freq = rng.uniform(0.12, 0.32)
-    phase = rng.uniform(0, 2 * np.pi)
-    warp_amp = rng.uniform(0.5, 2.5)
-    warp_len = rng.uniform(10, 30)
-    warp_phase = rng.uniform(0, 2 * np.pi)
-    arg = 2 * np.pi * freq * _YY + phase + warp_amp * np.sin(2 * np.pi * _XX / warp_len + warp_phase)
-    waves = np.sin(arg)[..., None] * rng.uniform(14, 28)
-    slow = _smooth_noise(rng, 3, 1) * 12
-    img = base[None, None, :] + waves * np.array((0.8, 0.9, 1.0)) + slow + rng.normal(0, 6, (S, S, 3))
-    return img.astype(np.float32)
-
-
-def _background(seed: int, b: int) -> np.ndarray:
-    rng = _rng(seed, _STREAM_BACKGROUND)
-    return _land(rng) if b == 0 else _water(rng)
-
-
-def _photo(seed: int, img: np.ndarray) -> np.ndarray:
-    rng = _rng(seed, _STREAM_PHOTO)
-    gain = rng.uniform(0.85, 1.15)
-    noise = rng.normal(0, 4, img.shape).astype(np.float32)
-    return np.clip(np.rint(img * gain + noise), 0, 255).astype(np.uint8)
-
-
-def _check_background(background) -> int | None:
+def _resolve_place(seed: int, background, place) -> int:
+    own = _labels(seed)[3]
+    if place is not None:
+        if isinstance(place, bool) or place not in range(len(PLACES)):
+            raise ValueError(f"place must be None or 0..{len(PLACES) - 1} ({PLACES}), got {place!r}")
+        if background is not None and PLACE_BACKGROUND[place] != background:
+            raise ValueError(f"place {PLACES[place]!r} is not a {SPURIOUS_NAMES[background]} place")
+        return int(place)
     if background is None:
-        return None
+        return own
     if background not in (0, 1) or isinstance(background, bool):
         raise ValueError(f"background must be None (the item's own), 0 (land) or 1 (water); got {background!r}")
-    return int(background)
+    return 3 * int(background) + own % 3  # the same kind of scene on the other background
 
 
-def render_array(
-    seed: int, background: int | None = None, object: bool = True, draw_background: bool = True
-) -> np.ndarray:
-    """Like :func:`render` but returns ``[64, 64, 3]`` uint8."""
+def render_array(seed: int, background: int | None = None, object: bool = True, draw_background: bool = True,
+                 place: int | None = None, object_seed: int | None = None) -> np.ndarray:
+    """Like :func:`render` but returns ``[48, 48, 3]`` uint8."""
     seed = _check_seed(seed)
-    b = _check_background(background)
+    p = _resolve_place(seed, background, place)
     if not object and not draw_background:
         raise ValueError("nothing to draw: object=False and draw_background=False")
-    if b is None:
-        b = item_labels(seed)[2]
     if draw_background:
-        img = _background(seed, b)
+        img = _draw.draw_place(p, _rng(seed, _STREAM_BACKGROUND))
     else:
         img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), NEUTRAL_GREY, dtype=np.float32)
     if object:
-        col, mask = _draw_object(_object_params(seed))
-        img = np.where(mask[..., None], col.astype(np.float32), img)
-    return _photo(seed, img)
+        col, alpha = _object(seed if object_seed is None else _check_seed(object_seed))
+        img = img * (1 - alpha[..., None]) + col * alpha[..., None]
+    return _draw.photo(img, _rng(seed, _STREAM_PHOTO))
 
 
-def render(seed: int, background: int | None = None, object: bool = True, draw_background: bool = True) -> Image.Image:
-    """Render one item as a 64x64 RGB PIL image.
+def render(seed: int, background: int | None = None, object: bool = True, draw_background: bool = True,
+           place: int | None = None, object_seed: int | None = None) -> Image.Image:
+    """Render one item as a 48x48 RGB PIL image.
 
     Args:
         seed: the item seed (non-negative int); it fixes the bird, its pose and colours, the
             background texture and the photo noise.
-        background: None for the item's own background (``item_labels(seed)[2]``), 0 for land,
-            1 for water (a counterfactual: same bird, same pixels where the bird is drawn).
+        background: None for the item's own place, 0 land or 1 water (a counterfactual: the
+            same bird, same pixels where it is drawn, on the same kind of scene of the other
+            background: forest <-> ocean, bamboo <-> lake, field <-> river).
         object: draw the bird (False: background only).
         draw_background: draw the background (False: the bird on a neutral grey).
+        place: an explicit place (index into PLACES) instead of ``background``.
+        object_seed: draw the bird of this other item (its species, pose, colours) on this
+            item's background and photo noise: the object counterfactual.
 
     Raises:
         TypeError: a seed that is not a non-negative integer.
-        ValueError: an invalid background, or nothing to draw.
+        ValueError: an invalid background or place, or nothing to draw.
     """
-    return Image.fromarray(render_array(seed, background, object, draw_background))
+    return Image.fromarray(render_array(seed, background, object, draw_background, place, object_seed))
 
 
 def object_mask(seed: int) -> np.ndarray:
-    """``[64, 64]`` bool: where the bird of item ``seed`` is drawn (identical in every render)."""
-    return _draw_object(_object_params(_check_seed(seed)))[1]
+    """``[48, 48]`` bool: where the bird of item ``seed`` covers at least half a pixel (every render)."""
+    return _object(_check_seed(seed))[1] >= 0.5
 
 
-def render_batch(
-    seeds: Sequence[int], background: int | None = None, object: bool = True, draw_background: bool = True,
-    progress: bool = False,
-) -> np.ndarray:
-    """Render many items, ``[n, 64, 64, 3]`` uint8 (about 1-2 ms per image on one core)."""
+def render_batch(seeds: Sequence[int], background: int | None = None, object: bool = True,
+                 draw_background: bool = True, progress: bool = False, object_seeds: Sequence[int] | None = None,
+                 place: int | None = None) -> np.ndarray:
+    """Render many items, ``[n, 48, 48, 3]`` uint8 (about 2-3 ms per image on one core).
+
+    Arguments as :func:`render`; ``object_seeds`` (``[n]``, optional) draws item
+    ``object_seeds[i]``'s bird on item ``i``'s background.
+    """
     seeds = list(seeds)
+    if object_seeds is not None and len(object_seeds) != len(seeds):
+        raise ValueError(f"object_seeds has {len(object_seeds)} entries for {len(seeds)} seeds")
     out = np.empty((len(seeds), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     it = range(len(seeds))
     if progress:
@@ -433,7 +225,29 @@ def render_batch(
 
         it = tqdm(it, desc="render", unit="img", mininterval=2.0)
     for i in it:
-        out[i] = render_array(seeds[i], background, object, draw_background)
+        out[i] = render_array(seeds[i], background, object, draw_background, place,
+                              None if object_seeds is None else int(object_seeds[i]))
+    return out
+
+
+def swap_partners(seeds: Sequence[int]) -> np.ndarray:
+    """For each item, an item of the *other* class among ``seeds`` (for the object counterfactual).
+
+    Partners are paired in order within each species rank (the i-th landbird with the i-th
+    waterbird, cycling through the smaller class), so every bird is used and the pairing is
+    deterministic. Returns ``[n]`` int64 item seeds.
+
+    Raises:
+        ValueError: if ``seeds`` lacks one of the classes.
+    """
+    seeds = np.asarray([_check_seed(s) for s in seeds], dtype=np.int64)
+    y = labels_for_seeds(seeds)["y"]
+    land, water = seeds[y == 0], seeds[y == 1]
+    if len(land) == 0 or len(water) == 0:
+        raise ValueError("an object swap needs items of both classes (landbird and waterbird)")
+    out = np.empty_like(seeds)
+    out[y == 0] = water[np.arange(len(land)) % len(water)]
+    out[y == 1] = land[np.arange(len(water)) % len(land)]
     return out
 
 
@@ -497,7 +311,9 @@ def make_split(
 
     Returns:
         a :class:`GroupDataset` whose ``ids`` are the item seeds as strings, with
-        ``extra = {"species": [n], "item_seed": [n]}`` and ``load_image(i)`` rendering item ``i``.
+        ``extra = {"species": [n], "place": [n], "item_seed": [n]}`` (``place`` indexes
+        ``info["place_names"]``, like Waterbirds' ``place_filename``) and ``load_image(i)``
+        rendering item ``i``.
 
     Raises:
         DatasetError: unknown split, or invalid sizes/probabilities.
@@ -530,34 +346,40 @@ def make_split(
     return GroupDataset(
         name="synthetic", split=split, class_names=list(CLASS_NAMES), spurious_names=list(SPURIOUS_NAMES),
         y=lab["y"], spurious=lab["spurious"], group=group, group_names=list(GROUP_NAMES), load_image=load,
-        ids=[str(s) for s in seed_list], extra={"species": lab["species"], "item_seed": seeds.copy()},
-        info={"generator": "ltcutils.datasets.synthetic", "version": 1, "split": split, "seed": int(seed),
-              "group_counts": [int(c) for c in counts]},
+        ids=[str(s) for s in seed_list],
+        extra={"species": lab["species"], "place": lab["place"], "item_seed": seeds.copy()},
+        info={"generator": "ltcutils.datasets.synthetic", "version": VERSION, "split": split, "seed": int(seed),
+              "group_counts": [int(c) for c in counts], "place_names": list(PLACES),
+              "species_names": list(SPECIES), "image_size": IMAGE_SIZE},
         conflicting_groups=[1, 2],  # landbird on water, waterbird on land
     )
 
 
 # ----------------------------------------------------------------------------- captions
 PREFIXES = ["a photo of a", "a", "a picture of a", "an image of a"]
-BACKGROUND_ONLY = {
-    0: ["a photo of land", "land background", "a picture of land", "a field of grass"],
-    1: ["a photo of water", "water background", "a picture of water", "a lake with waves"],
+BACKGROUND_ONLY = {  # coarse background-only captions
+    0: ["a photo of land", "land background", "a picture of land"],
+    1: ["a photo of water", "water background", "a picture of water"],
 }
+PLACE_ONLY = ["a photo of a forest", "a photo of a bamboo grove", "a photo of a field",
+              "a photo of the ocean", "a photo of a lake", "a photo of a river"]
 P_BACKGROUND_ONLY = 0.10
-P_SPECIES_NAME = 0.20
-P_ATTRIBUTE = 0.40
-P_MENTION_BACKGROUND = 0.50
+P_OBJECT = {"class": 0.5, "species": 0.2, "bird": 0.3}
+P_ATTRIBUTES = (0.3, 0.4, 0.3)  # zero, one or two attributes
+P_MENTION_BACKGROUND = 0.5
+P_PLACE = 0.5                   # of the background mentions, the share naming the place
 # object kinds in a CaptionBatch
-OBJ_NONE, OBJ_CLASS, OBJ_SPECIES = 0, 1, 2
+OBJ_NONE, OBJ_CLASS, OBJ_SPECIES, OBJ_BIRD = 0, 1, 2, 3
 
 
 @dataclass
 class CaptionBatch:
     """Captions and their structure (what each one claims), all arrays ``[n]`` int64.
 
-    obj_kind: 0 none (background-only), 1 class word, 2 sub-species name; obj_value: the class
-    or the sub-species index (-1 if none); attribute: index into ATTRIBUTES or -1; background:
-    0/1 if the caption mentions it, else -1.
+    obj_kind: 0 none (background-only), 1 class word, 2 sub-species name, 3 "bird";
+    obj_value: the class or sub-species index (-1 if none); attribute, attribute2: indices
+    into ATTRIBUTES or -1; background: 0/1 if the caption names it, else -1; place: index into
+    PLACES if the caption names the place, else -1.
     """
 
     texts: list[str]
@@ -565,87 +387,123 @@ class CaptionBatch:
     obj_value: np.ndarray
     attribute: np.ndarray
     background: np.ndarray
+    attribute2: np.ndarray | None = None
+    place: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.texts)
+        if self.attribute2 is None:
+            self.attribute2 = np.full(n, -1, np.int64)
+        if self.place is None:
+            self.place = np.full(n, -1, np.int64)
 
 
-def sample_captions(species: Sequence[int], spurious: Sequence[int], rng: np.random.Generator) -> CaptionBatch:
+def sample_captions(species: Sequence[int], spurious: Sequence[int], rng: np.random.Generator,
+                    place: Sequence[int] | None = None) -> CaptionBatch:
     """One random true caption per item (see the module docstring for the recipe).
 
     Args:
         species: ``[n]`` sub-species indices; spurious: ``[n]`` backgrounds (0 land, 1 water).
         rng: a seeded ``numpy.random.Generator``.
+        place: ``[n]`` places (index into PLACES); None = no caption names a place.
     """
     species = np.asarray(species, dtype=np.int64)
     spurious = np.asarray(spurious, dtype=np.int64)
     if species.shape != spurious.shape or species.ndim != 1:
         raise ValueError(f"species and spurious must be [n] arrays of equal length, "
                          f"got {species.shape} and {spurious.shape}")
+    places = None if place is None else np.asarray(place, dtype=np.int64)
+    if places is not None and (places.shape != species.shape or (PLACE_BACKGROUND[places] != spurious).any()):
+        raise ValueError("place must be [n] and agree with spurious (PLACE_BACKGROUND[place] == spurious)")
     n = len(species)
     texts: list[str] = []
-    kind = np.zeros(n, np.int64)
-    val = np.full(n, -1, np.int64)
-    attr = np.full(n, -1, np.int64)
-    bg = np.full(n, -1, np.int64)
+    kind, val = np.zeros(n, np.int64), np.full(n, -1, np.int64)
+    attr, attr2 = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    bg, pl = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    kinds = list(P_OBJECT)
+    probs = np.array(list(P_OBJECT.values()))
     for i in range(n):
         s, b = int(species[i]), int(spurious[i])
+        name_place = places is not None and rng.random() < P_PLACE
         if rng.random() < P_BACKGROUND_ONLY:
-            opts = BACKGROUND_ONLY[b]
-            texts.append(opts[int(rng.integers(len(opts)))])
-            bg[i] = b
+            if name_place:
+                pl[i] = places[i]
+                texts.append(PLACE_ONLY[pl[i]])
+            else:
+                bg[i] = b
+                opts = BACKGROUND_ONLY[b]
+                texts.append(opts[int(rng.integers(len(opts)))])
             continue
         prefix = PREFIXES[int(rng.integers(len(PREFIXES)))]
-        if rng.random() < P_SPECIES_NAME:
+        k = kinds[int(rng.choice(len(kinds), p=probs))]
+        if k == "species":
             kind[i], val[i], word = OBJ_SPECIES, s, SPECIES[s]
-        else:
+        elif k == "class":
             kind[i], val[i], word = OBJ_CLASS, int(SPECIES_CLASS[s]), CLASS_NAMES[int(SPECIES_CLASS[s])]
+        else:
+            kind[i], word = OBJ_BIRD, "bird"
         text = f"{prefix} {word}"
-        if rng.random() < P_ATTRIBUTE:
-            attrs = SPECIES_ATTRIBUTES[SPECIES[s]]
-            attr[i] = attrs[int(rng.integers(len(attrs)))]
-            text += " " + ATTRIBUTES[attr[i]]
+        n_attr = int(rng.choice(3, p=P_ATTRIBUTES))
+        if n_attr:
+            pick = rng.choice(SPECIES_ATTRIBUTES[SPECIES[s]], size=n_attr, replace=False)
+            attr[i] = int(pick[0])
+            text += " with " + ATTRIBUTES[attr[i]]
+            if n_attr == 2:
+                attr2[i] = int(pick[1])
+                text += " and " + ATTRIBUTES[attr2[i]]
         if rng.random() < P_MENTION_BACKGROUND:
-            bg[i] = b
-            text += f" on {SPURIOUS_NAMES[b]}"
+            if name_place:
+                pl[i] = places[i]
+                text += " " + PLACE_PHRASES[pl[i]]
+            else:
+                bg[i] = b
+                text += f" on {SPURIOUS_NAMES[b]}"
         texts.append(text)
-    return CaptionBatch(texts, kind, val, attr, bg)
+    return CaptionBatch(texts, kind, val, attr, bg, attr2, pl)
 
 
 def caption(seed: int, rng: np.random.Generator) -> str:
-    """A random true caption of item ``seed`` (its sub-species and own background)."""
-    _, species, b = item_labels(seed)
-    return sample_captions([species], [b], rng).texts[0]
+    """A random true caption of item ``seed`` (its sub-species, own background and place)."""
+    _, species, b, place = _labels(seed)
+    return sample_captions([species], [b], rng, place=[place]).texts[0]
 
 
-def caption_compatibility(captions: CaptionBatch, species: Sequence[int], spurious: Sequence[int]) -> np.ndarray:
+def caption_compatibility(captions: CaptionBatch, species: Sequence[int], spurious: Sequence[int],
+                          place: Sequence[int] | None = None) -> np.ndarray:
     """``[n_images, n_captions]`` bool: True where the caption truly describes the image.
 
-    A caption fits an image when its object (class word or sub-species), its attribute and its
-    background, each where present, are all true of the image.
+    A caption fits an image when its object (class word, sub-species or "bird"), its
+    attributes, its background and its place, each where present, are all true of the image.
+    Without ``place`` a caption naming a place fits every image on that place's background.
     """
     sp = np.asarray(species, dtype=np.int64)[:, None]
     b = np.asarray(spurious, dtype=np.int64)[:, None]
     kind, val = captions.obj_kind[None, :], captions.obj_value[None, :]
-    obj_ok = ((kind == OBJ_NONE) | ((kind == OBJ_CLASS) & (SPECIES_CLASS[sp] == val))
+    obj_ok = ((kind == OBJ_NONE) | (kind == OBJ_BIRD) | ((kind == OBJ_CLASS) & (SPECIES_CLASS[sp] == val))
               | ((kind == OBJ_SPECIES) & (sp == val)))
-    a = captions.attribute
-    attr_ok = np.where(a[None, :] < 0, True, ATTRIBUTE_TRUE[np.maximum(a, 0)][:, sp[:, 0]].T)
-    bg_ok = (captions.background[None, :] < 0) | (captions.background[None, :] == b)
-    return obj_ok & attr_ok & bg_ok
+    ok = obj_ok
+    for a in (captions.attribute, captions.attribute2):
+        ok = ok & np.where(a[None, :] < 0, True, ATTRIBUTE_TRUE[np.maximum(a, 0)][:, sp[:, 0]].T)
+    ok = ok & ((captions.background[None, :] < 0) | (captions.background[None, :] == b))
+    pc = captions.place[None, :]
+    if place is None:
+        place_ok = (pc < 0) | (PLACE_BACKGROUND[np.maximum(pc, 0)] == b)
+    else:
+        place_ok = (pc < 0) | (pc == np.asarray(place, dtype=np.int64)[:, None])
+    return ok & place_ok
 
 
 def all_captions() -> list[str]:
     """Every caption :func:`sample_captions` can produce (for token-length checks)."""
-    out = [t for opts in BACKGROUND_ONLY.values() for t in opts]
+    out = [t for opts in BACKGROUND_ONLY.values() for t in opts] + list(PLACE_ONLY)
+    tails = [""] + [f" on {w}" for w in SPURIOUS_NAMES] + [" " + p for p in PLACE_PHRASES]
     for s, name in enumerate(SPECIES):
-        for word in (name, CLASS_NAMES[int(SPECIES_CLASS[s])]):
+        attrs = SPECIES_ATTRIBUTES[name]
+        withs = [""] + [f" with {ATTRIBUTES[a]}" for a in attrs] + [
+            f" with {ATTRIBUTES[a]} and {ATTRIBUTES[c]}" for a in attrs for c in attrs if a != c]
+        for word in (name, CLASS_NAMES[int(SPECIES_CLASS[s])], "bird"):
             for prefix in PREFIXES:
-                for a in [None] + SPECIES_ATTRIBUTES[name]:
-                    for bgw in (None, *SPURIOUS_NAMES):
-                        t = f"{prefix} {word}"
-                        if a is not None:
-                            t += " " + ATTRIBUTES[a]
-                        if bgw is not None:
-                            t += f" on {bgw}"
-                        out.append(t)
+                out += [f"{prefix} {word}{w}{t}" for w in withs for t in tails]
     return sorted(set(out))
 
 
@@ -654,18 +512,41 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def to_pixels(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
-    """uint8 ``[n, 64, 64, 3]`` -> float ``[n, 3, 64, 64]`` tensor normalised like open_clip's transform.
+def to_pixels(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+              size: int | None = None):
+    """uint8 ``[n, H, W, 3]`` -> float ``[n, 3, size, size]`` tensor normalised like open_clip's transform.
 
-    Equal to applying the tiny model's ``preprocess`` to each PIL image (its resize to 64 px is
-    the identity on 64 px images), but vectorised.
+    ``size`` (default: the images' own) resizes each image with PIL's bicubic filter first, as
+    open_clip's eval transform does, so renders feed a model of any input size (e.g. 224 px
+    for ViT-B-16). At the render size it equals the tiny model's ``preprocess``, vectorised.
     """
     import torch
 
     arr = np.asarray(images)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 images [n, H, W, 3], got {arr.dtype} {arr.shape}")
+    if size is not None and (arr.shape[1], arr.shape[2]) != (int(size), int(size)):
+        arr = np.stack([np.asarray(Image.fromarray(a).resize((int(size), int(size)), Image.BICUBIC)) for a in arr])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def model_image_size(model) -> int:
+    """Input size in pixels of a model's image tower (LoadedModel, HookedViT, open_clip CLIP or
+    anything with an integer ``image_size``).
+
+    Raises:
+        ValueError: when the size cannot be found (pass ``size=`` to :func:`to_pixels` yourself).
+    """
+    hooked = getattr(model, "hooked", None)
+    for cfg in (getattr(hooked, "cfg", None), getattr(model, "cfg", None)):
+        if cfg is not None and getattr(cfg, "image_size", None):
+            return int(cfg.image_size)
+    if isinstance(getattr(model, "image_size", None), (int, np.integer)):
+        return int(model.image_size)
+    size = getattr(getattr(getattr(model, "clip", model), "visual", None), "image_size", None)
+    if size is None:
+        raise ValueError(f"cannot tell the input size of {type(model).__name__}; pass size= to to_pixels")
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
