@@ -19,7 +19,8 @@ def _pixels(model, ds, idx):
 def test_capture_matches_decompose_and_is_memory_mapped(tiny, tmp_path):
     ds = make_fake_dataset(20)
     st = capture(tiny, ds, tmp_path, batch_size=8, shard_size=8, dtype="float32", progress=False)
-    assert isinstance(st.heads, np.memmap) and st.heads.shape == (20, 4, 4, 64)
+    c = tiny.hooked.cfg
+    assert isinstance(st.heads, np.memmap) and st.heads.shape == (20, c.n_layers, c.n_heads, c.d_embed)
     d = ltc.decompose.decompose(tiny.hooked, _pixels(tiny, ds, range(20)))
     assert np.allclose(st.heads, d.heads.numpy(), atol=1e-6)
     assert np.allclose(st.terms.mlps, d.mlps.numpy(), atol=1e-6)
@@ -37,7 +38,9 @@ def test_capture_matches_decompose_and_is_memory_mapped(tiny, tmp_path):
 def test_fp16_and_layer_range(tiny, tmp_path):
     ds = make_fake_dataset(10)
     st = capture(tiny, ds, path=tmp_path / "s", layers=[2, 3], dtype="float16", progress=False)
-    assert st.heads.dtype == np.float16 and st.heads.shape == (10, 2, 4, 64) and st.terms.rest is not None
+    c = tiny.hooked.cfg
+    assert st.heads.dtype == np.float16 and st.heads.shape == (10, 2, c.n_heads, c.d_embed)
+    assert st.terms.rest is not None
     full = ltc.decompose.decompose(tiny.hooked, _pixels(tiny, ds, range(10)))
     total = st.terms.static_t(slice(None)) + st.terms.heads_t(slice(None)).sum((1, 2))
     assert torch.allclose(total, full.total(), atol=2e-3)
@@ -106,7 +109,8 @@ def test_unreadable_image(tiny, tmp_path):
 def test_bytes_per_image_fp16(tiny, tmp_path):
     st = capture(tiny, make_fake_dataset(8), tmp_path, progress=False)
     # heads 4*4*64 + mlps 5*64 halves + 4-byte norm + 1-byte valid (+ npy headers amortised)
-    expected = (4 * 4 * 64 + 5 * 64) * 2 + 4 + 1
+    c = tiny.hooked.cfg  # fp16 heads + MLP and embedding terms, float32 norm, bool valid
+    expected = (c.n_layers * c.n_heads * c.d_embed + (c.n_layers + 1) * c.d_embed) * 2 + 4 + 1
     assert expected <= st.nbytes_per_image() < expected + 200
 
 
