@@ -533,9 +533,10 @@ def test_decomposition_identity_on_each_dataset(tiny_model, all_datasets):
 
     for ds in all_datasets:
         pixels = torch.stack([tiny_model.preprocess(ds.image(i)) for i in (0, len(ds) - 1)])
-        assert pixels.shape == (2, 3, 64, 64)
+        c = tiny_model.hooked.cfg
+        assert pixels.shape == (2, 3, c.image_size, c.image_size)  # every layout resized to the model's input
         d = decompose(tiny_model.hooked, pixels)
-        assert d.heads.shape == (2, 4, 4, 64)
+        assert d.heads.shape == (2, c.n_layers, c.n_heads, c.d_embed)
         with torch.no_grad():
             ref = tiny_model.encode_image(pixels, normalize=True)
             ref_clip = torch.nn.functional.normalize(tiny_model.clip.encode_image(pixels), dim=-1)
@@ -550,7 +551,8 @@ def test_capture_into_store(tiny_model, all_datasets, tmp_path):
     for ds in all_datasets:
         st = store_mod.capture(tiny_model, ds, tmp_path / "cache", batch_size=4, dtype="float16", progress=False)
         n = len(ds)
-        assert st.heads.shape == (n, 4, 4, 64) and st.meta["n"] == n
+        c = tiny_model.hooked.cfg
+        assert st.heads.shape == (n, c.n_layers, c.n_heads, c.d_embed) and st.meta["n"] == n
         assert st.meta["dataset"] == ds.name and st.meta["split"] == ds.split
         for key in ("y", "spurious", "group"):
             assert np.array_equal(st.labels[key], getattr(ds, key)), (ds.name, key)

@@ -154,7 +154,7 @@ def test_shipped_pools():
     synth = it.load_text_pool("synthetic")
     assert 50 <= len(synth) <= 80
     joined = " ".join(synth)
-    for word in ["landbird", "waterbird", "sparrow", "heron", "long neck", "raised wings", "waves", "ocean"]:
+    for word in ["landbird", "waterbird", "sparrow", "swan", "webbed feet", "long neck", "pointed wings", "ocean", "bamboo"]:
         assert word in joined, word
 
 
@@ -177,19 +177,21 @@ def test_patch_map_sums_to_the_head_set_margin(tiny_model):
     from ltcutils.decompose import decompose, spatial_terms
 
     hooked = tiny_model.hooked
-    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    size = hooked.cfg.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     heads = [(2, 1), (3, 0), (3, 3)]
     spatial = spatial_terms(hooked, pixels, heads).sum(1)  # [batch, pos, d_embed]
     dec = decompose(hooked, pixels)
     set_term = sum(dec.heads[:, l, h] for l, h in heads)  # [batch, d_embed]
     g = torch.Generator().manual_seed(1)
     for dirs in (torch.randn(64, generator=g), torch.randn(2, 64, generator=g)):
-        pmap, cls = it.patch_margin_map(spatial, dirs, grid=4)
-        assert pmap.shape == (2, 4, 4) and cls.shape == (2,)
+        grid = hooked.cfg.image_size // hooked.cfg.patch_size
+        pmap, cls = it.patch_margin_map(spatial, dirs, grid=grid)
+        assert pmap.shape == (2, grid, grid) and cls.shape == (2,)
         margin = (set_term * dirs).sum(-1)
         assert torch.allclose(pmap.sum((1, 2)) + cls, margin, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="grid"):
-        it.patch_margin_map(spatial, dirs, grid=3)
+        it.patch_margin_map(spatial, dirs, grid=grid - 1)
     with pytest.raises(ValueError, match="class_dirs"):
         it.patch_margin_map(spatial, torch.randn(3, 64))
 

@@ -11,7 +11,7 @@ from ltcutils.models import ModelLoadError, load_model
 
 def test_tiny_config_is_registered(tiny):
     cfg = tiny.hooked.cfg
-    assert (cfg.image_size, cfg.patch_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_embed) == (64, 16, 128, 4, 4, 64)
+    assert (cfg.image_size, cfg.patch_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_embed) == (48, 8, 128, 6, 8, 64)
     assert tiny.fingerprint.startswith("random:sha256:")
     emb = tiny.encode_text(["a photo of a landbird", "a photo of a waterbird"])
     assert emb.shape == (2, 64) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
@@ -44,7 +44,8 @@ def test_local_checkpoint_roundtrip_and_fingerprint(tiny, tmp_path):
     save_file({k: v.contiguous() for k, v in tiny.clip.state_dict().items()}, str(p))
     m = load_model("ltc-tiny", pretrained=p)
     assert m.fingerprint.startswith("sha256:")
-    px = torch.randn(2, 3, 64, 64)
+    size = tiny.hooked.cfg.image_size
+    px = torch.randn(2, 3, size, size)
     assert torch.allclose(m.encode_image(px), tiny.encode_image(px), atol=1e-6)
     # a .pt file goes through torch.load(weights_only=True)
     p2 = tmp_path / "tiny.pt"
