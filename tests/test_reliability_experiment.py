@@ -36,9 +36,11 @@ def test_a_single_class_split_is_refused(tmp_path, monkeypatch):
 
 def test_rebuild_reaches_the_capture(tmp_path):
     kw = dict(pretrained=None, n_per_group=1, output_dir=tmp_path / "out", batch_size=8)
-    first = ltc.experiment.setup(**kw).store("test", progress=False)
-    assert first.meta["layers"] == [0, 1, 2, 3]
-    with pytest.raises(StoreMismatchError, match=r"layers: stored \[0, 1, 2, 3\], requested \[2, 3\].*rebuild"):
+    ex = ltc.experiment.setup(**kw)
+    first = ex.store("test", progress=False)
+    assert first.meta["layers"] == list(range(ex.model.hooked.cfg.n_layers))  # every layer by default
+    stored = ", ".join(map(str, first.meta["layers"]))
+    with pytest.raises(StoreMismatchError, match=rf"layers: stored \[{stored}\], requested \[2, 3\].*rebuild"):
         ltc.experiment.setup(layers=[2, 3], **kw).store("test", progress=False)
     again = ltc.experiment.setup(layers=[2, 3], rebuild=True, **kw).store("test", progress=False)
     assert again.path == first.path and again.meta["layers"] == [2, 3] and again.complete
