@@ -12,9 +12,10 @@ workbook: env
 test: env browser
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q
 
-# The fast tier: everything but notebook runs, browser tests and opt-in slow tests.
+# The fast tier: everything but notebook runs, browser tests, process-level integration tests
+# (torchrun ranks, a wheel in a scratch venv, sweeps, a tmpfs) and opt-in slow tests.
 test-fast: env
-	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not notebook and not browser and not slow"
+	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not notebook and not browser and not integration and not slow"
 
 # Debian's chromium + chromium-driver for the browser tests (apt; a no-op when present).
 browser:

@@ -83,6 +83,7 @@ def _records(store: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
+@pytest.mark.integration
 def test_two_ranks_killed_mid_way_resume_to_the_single_process_store(tmp_path):
     rows = [(f"001.Albatross/img_{i:03d}.jpg", i % 2, 2, (i // 2) % 2, "/o/ocean/1.jpg") for i in range(N)]
     root = make_waterbirds(tmp_path / "wb", rows)

@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.integration
 def test_wheel_installs_and_loads_the_default_model(tmp_path):
     """Built as a wheel and installed into a scratch venv (no source tree in sight), the package
     finds its shipped data and notebooks and runs the default model."""

@@ -125,6 +125,7 @@ def _mount_tmpfs(where, size):
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.integration
 def test_a_capture_into_a_full_disk_fails_with_the_size_and_keeps_earlier_results(tmp_path):
     """A notebook capturing into a 20 MB tmpfs: one clear error, the earlier notebook's results intact."""
     mnt = tmp_path / "small"

@@ -173,6 +173,7 @@ def test_sweep_runs_points_skips_finished_and_retries_failed(tmp_path, nb_dir, c
     assert [p.status for p in r3.points] == ["ok", "ok", "ok"]
 
 
+@pytest.mark.integration
 def test_sweep_killed_midway_completes_only_the_missing_points(tmp_path, nb_dir):
     log, slow = tmp_path / "log.txt", tmp_path / "slow.flag"
     slow.write_text("x")
