@@ -93,7 +93,8 @@ def head_heatmaps(maps: dict[str, np.ndarray], layers: Sequence[int], save: str 
     layers = [int(l) for l in layers]
     order = np.argsort(layers, kind="stable")
     n_heads = max(np.asarray(m).shape[1] for m in maps.values())
-    width = max(3.6, 0.26 * n_heads + 1.8)
+    annotated = len(layers) <= 8 and n_heads <= 8  # numbers in the cells only where they fit
+    width = max(3.6, (0.62 if annotated else 0.26) * n_heads + 1.8)
     fig, axes = plt.subplots(1, len(maps), figsize=(width * len(maps), 0.42 * len(layers) + 1.8), squeeze=False)
     for ax, (name, m) in zip(axes[0], maps.items()):
         m = np.asarray(m, dtype=float)[order]
@@ -105,7 +106,7 @@ def head_heatmaps(maps: dict[str, np.ndarray], layers: Sequence[int], save: str 
             kw = {"cmap": DIVERGING, "center": 0.0, "vmin": -v, "vmax": v}
         annot = m.shape[0] <= 8 and m.shape[1] <= 8
         xt, xs = _ticks(m.shape[1])
-        sns.heatmap(m, ax=ax, annot=annot, fmt=fmt, cbar=True, cbar_kws={"label": colorbar_label} if colorbar_label else {},
+        sns.heatmap(m, ax=ax, annot=annot, fmt=fmt, annot_kws={"fontsize": 7}, cbar=True, cbar_kws={"label": colorbar_label} if colorbar_label else {},
                     xticklabels=False, yticklabels=False, **kw)
         ax.set_xticks(xt + 0.5, [f"H{h}" for h in range(0, m.shape[1], xs)], rotation=0,
                       fontsize=8 if m.shape[1] <= 16 else 7)
@@ -218,9 +219,10 @@ def head_importance(importance: pd.DataFrame, layers: Sequence[int], n_heads: in
     """``[layer, head]`` map of an ablation-importance table (diverging, centred on zero)."""
     from .interpret.importance import plot_importance_heatmap
 
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.26 * n_heads + 2), 0.42 * len(layers) + 1.8))
+    annotated = len(layers) <= 8 and n_heads <= 8
+    fig, ax = plt.subplots(figsize=(max(4.5, (0.62 if annotated else 0.26) * n_heads + 2), 0.42 * len(layers) + 1.8))
     plot_importance_heatmap(importance, len(layers), n_heads, value=value, ax=ax, layers=list(layers),
-                            annot=len(layers) <= 8 and n_heads <= 8)
+                            annot=annotated)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title)
