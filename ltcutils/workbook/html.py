@@ -23,7 +23,7 @@ from typing import Sequence
 
 from .base import MANIFEST, WorkbookError
 from .notebooks import list_notebooks
-from .report import METHODS_NOTEBOOK, _executed_info, _run_labels, _write_text, paper_report
+from .report import METHODS_NOTEBOOK, _executed_info, _run_labels, _write_text, paper_report, run_folders
 from .results import read_metrics
 
 FIGURE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -145,15 +145,7 @@ def html_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | 
         FileNotFoundError: a run folder does not exist.
         WorkbookError: a folder holds neither executed notebooks nor metrics.
     """
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise WorkbookError("ltc html needs at least one run folder")
-    for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
-        if not list_notebooks(d) and not read_metrics(d):
-            raise WorkbookError(f"{str(d)!r} holds no executed notebooks and no metrics/*.json; "
-                                "is it a run folder written by `ltc run`?")
+    dirs = run_folders(run_dirs, "ltc html")
     labels = _run_labels(dirs)
     if out is None:
         out = dirs[0] / "report.html" if len(dirs) == 1 else \

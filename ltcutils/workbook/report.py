@@ -90,6 +90,25 @@ def _run_labels(dirs: Sequence[Path]) -> list[str]:
     return [str(d) for d in dirs]
 
 
+def run_folders(run_dirs: Sequence[str | os.PathLike], command: str) -> list[Path]:
+    """The run folders given to ``command``, checked: each exists and holds executed notebooks or metrics.
+
+    Raises:
+        FileNotFoundError: a run folder does not exist.
+        WorkbookError: no folder given, or a folder holds neither executed notebooks nor metrics.
+    """
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise WorkbookError(f"{command} needs at least one run folder")
+    for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
+        if not list_notebooks(d) and not read_metrics(d):
+            raise WorkbookError(f"{str(d)!r} holds no executed notebooks and no metrics/*.json; "
+                                "is it a run folder written by `ltc run`?")
+    return dirs
+
+
 def report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None):
     """Merge the metrics of several run folders into one table (and optionally CSV + Markdown).
 
@@ -108,21 +127,14 @@ def report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None 
     """
     import pandas as pd
 
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise WorkbookError("report needs at least one run folder")
+    dirs = run_folders(run_dirs, "report")
     rows: list[dict[str, Any]] = []
     param_cols: set[str] = set()
     metric_cols: dict[str, None] = {}
     for label, d in zip(_run_labels(dirs), dirs):
-        if not d.is_dir():
-            raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
         executed = {p.stem: p for p in list_notebooks(d)}
         metrics = read_metrics(d)
         stems = sorted(set(executed) | set(metrics))
-        if not stems:
-            raise WorkbookError(f"{str(d)!r} holds no executed notebooks and no metrics/*.json; "
-                                "is it a run folder written by `ltc run`?")
         for stem in stems:
             info = _executed_info(executed.get(stem), d)
             row: dict[str, Any] = {"run": label, "notebook": stem, "status": info["status"],
