@@ -13,9 +13,11 @@ test: env browser
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q
 
 # The fast tier: everything but notebook runs, browser tests, process-level integration tests
-# (torchrun ranks, a wheel in a scratch venv, sweeps, a tmpfs) and opt-in slow tests.
+# (torchrun ranks, a wheel in a scratch venv, sweeps, a tmpfs), real-size towers (ViT-B-16 / L-14
+# at 224 px) and opt-in slow tests. Two pytest processes (pytest-xdist), each test file whole on
+# one of them, so module fixtures are built once.
 test-fast: env
-	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not notebook and not browser and not integration and not slow"
+	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -n 2 --dist loadfile -m "not notebook and not browser and not integration and not realsize and not slow"
 
 # Debian's chromium + chromium-driver for the browser tests (apt; a no-op when present).
 browser:

@@ -585,6 +585,7 @@ def vit_b16():
         return load_model("ViT-B-16", None)
 
 
+@pytest.mark.realsize  # ViT-B-16 at 224 px: make test, not make test-fast
 def test_vit_b16_real_size_preprocessing(vit_b16, wb_root):
     from ltcutils.decompose import decompose
 
@@ -598,6 +599,7 @@ def test_vit_b16_real_size_preprocessing(vit_b16, wb_root):
     assert _rel(d.total(), ref) < 1e-5
 
 
+@pytest.mark.realsize  # ViT-B-16 at 224 px: make test, not make test-fast
 def test_vit_b16_captures_every_dataset_into_a_store(vit_b16, all_datasets, tmp_path):
     """Each real layout, 2 images, through the ViT-B-16 architecture (random weights) into a store."""
     from ltcutils.store import capture

@@ -164,6 +164,7 @@ def test_oracle_on_shipped_model_finds_background_heads():
     assert o.total_object_effect > 0
 
 
+@pytest.mark.realsize  # ViT-B-16 at 224 px: make test, not make test-fast
 def test_oracle_resizes_renders_for_a_real_size_vit():
     """A 224 px ViT-B-16 (random weights) is graded on the 48 px synthetic renders without error."""
     torch.manual_seed(0)

@@ -12,7 +12,11 @@ def _rel(a, b):
     return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max().detach())
 
 
-@pytest.fixture(scope="module", params=["ViT-B-32", "ViT-B-16", "ViT-L-14"])
+# ViT-B-32 stays in the fast tier as the real-architecture smoke test; the 224 px towers at 16 px
+# patches (ViT-B-16, 197 tokens; ViT-L-14, 257 tokens and 24 layers) take 6-27 s each on one
+# thread, so they run in `make test` (marker `realsize`) and not in `make test-fast`.
+@pytest.fixture(scope="module", params=["ViT-B-32", pytest.param("ViT-B-16", marks=pytest.mark.realsize),
+                                        pytest.param("ViT-L-14", marks=pytest.mark.realsize)])
 def real_arch(request):
     torch.manual_seed(0)
     return ltc.models.load_model(request.param, pretrained=None)

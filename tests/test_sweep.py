@@ -136,6 +136,7 @@ def nb_dir(tmp_path):
     return d
 
 
+@pytest.mark.integration  # starts a kernel per sweep point: make test, not make test-fast
 def test_sweep_runs_points_skips_finished_and_retries_failed(tmp_path, nb_dir, capsys):
     log, flag = tmp_path / "log.txt", tmp_path / "fail.flag"
     flag.write_text("x")
