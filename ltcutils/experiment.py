@@ -88,7 +88,7 @@ class Experiment:
             if self.max_images is not None and len(ds) > self.max_images:
                 ds = ds.subset(stratified_subset(ds.group, self.max_images, self.seed))
             classes = np.unique(ds.y)
-            if len(classes) < 2:
+            if len(classes) < 2 and ds.info.get("has_class_label") is not False:
                 raise ValueError(
                     f"{ds.name}/{ds.split} has images of one class only ({ds.class_names[int(classes[0])]!r}, "
                     f"{len(ds)} images): zero-shot classification and LTC need at least two classes. Check the "
@@ -104,6 +104,45 @@ class Experiment:
             self._stores[name] = capture(self.model, self.split(name), self.cache_dir, batch_size=self.batch_size,
                                          layers=self.layers, progress=progress, rebuild=self.rebuild)
         return self._stores[name]
+
+    def has_class_label(self, split: str) -> bool:
+        """False for a dataset with no class to predict (FairFace: faces ranked by concept prompts)."""
+        return self.split(split).info.get("has_class_label") is not False
+
+    def require_class_label(self, split: str, notebook: str, why: str) -> None:
+        """Stop a notebook that needs a class label on a dataset without one, saying what to run instead.
+
+        Args:
+            split: a split the notebook reads (its dataset is checked).
+            notebook: the notebook's name, for the message.
+            why: what in that notebook needs the class label.
+
+        Raises:
+            ValueError: the dataset has no class label (:meth:`has_class_label`).
+        """
+        if self.has_class_label(split):
+            return
+        raise ValueError(
+            f"{self.dataset} has no class label (its images are ranked by concept prompts, not classified), so "
+            f"notebook {notebook} cannot run on it: {why}. On {self.dataset}, run notebooks 00, 01 and 05 and reuse "
+            "heads located on a gender benchmark that has a class (GenderBias, as the paper does): "
+            f"`ltc run 00 01 05 -p dataset {self.dataset} -p heads_from <genderbias run>/heads.json`; notebook 05 "
+            "reports MaxSkew@k of the concept rankings before and after ablating those heads.")
+
+    def selections(self, heads_from: str | os.PathLike | None = None) -> tuple:
+        """The three saved selections ``(selection, full, paper)`` notebook 05 compares, checked against this model.
+
+        Args:
+            heads_from: a heads file from another run to use for all three (None: the ``heads.json``,
+                ``heads_full.json`` and ``heads_paper.json`` notebook 02 wrote to ``output_dir``).
+        """
+        from .locate import HeadSelection
+
+        if heads_from:
+            sel = HeadSelection.load(heads_from, model=self.model, layers=self.layers)
+            return sel, sel, sel
+        return tuple(HeadSelection.load(self.output_dir / name, model=self.model, layers=self.layers)
+                     for name in ("heads.json", "heads_full.json", "heads_paper.json"))
 
     # ------------------------------------------------------------------ text
     def text(self) -> dict:

@@ -17,6 +17,10 @@ Selection rules:
 
 Sample sets (``groups=``): ``"true"`` uses the spurious labels, ``"pseudo"`` predicts the
 spurious attribute zero-shot with spurious prompts, ``"full"`` uses all images (no groups).
+Which images of those labels form the set (``locate_groups=``): ``"conflicting"`` (the
+bias-conflicting groups, the default) or ``"authors"`` (the reference's GenderBias protocol:
+the ``gap_classes`` classes with the largest zero-shot accuracy gap between spurious values,
+and of each only the images of its worse-performing value; :func:`largest_gap_mask`).
 
 Which groups are bias-conflicting is the dataset's own knowledge
 (:attr:`~ltcutils.datasets.base.GroupDataset.conflicting_groups`, recorded in each store's
@@ -55,6 +59,9 @@ __all__ = [
     "conflicting_mask",
     "conflicting_groups",
     "pseudo_groups",
+    "largest_gap_mask",
+    "locate_mask",
+    "LOCATE_GROUPS",
     "locate",
     "choose_k",
     "parse_head",
@@ -66,6 +73,10 @@ __all__ = [
 
 class LocateError(ValueError):
     """Locating heads is impossible with the given samples (say, no wrong predictions)."""
+
+
+#: which images of the locate split form the sample set (see the module docstring)
+LOCATE_GROUPS = ("conflicting", "authors")
 
 
 def margins(lens: LogitLens, y: Labels, candidates: Candidates | None = None
@@ -217,6 +228,115 @@ def conflicting_mask(group: Labels, conflicting: Sequence[int]) -> Bool[np.ndarr
     return np.isin(np.asarray(group), np.asarray(list(conflicting)))
 
 
+def largest_gap_mask(correct: Bool[np.ndarray, " batch"] | Sequence[bool], y: Labels, spurious: Labels,
+                     n_classes: int = 10) -> tuple[Bool[np.ndarray, " batch"], pd.DataFrame]:
+    """The reference's GenderBias locate set: the worse spurious value of the classes with the largest gap.
+
+    For every class, the zero-shot accuracy of its images with each spurious value (GenderBias:
+    each occupation's female and male accuracy). The ``n_classes`` classes with the largest gap
+    ``max - min`` over the values (for two values ``|acc_female - acc_male|``) are kept, and of
+    each only the images of the value with the lower accuracy. Classes whose images have a
+    single spurious value have no gap and are never kept. Ties: larger gap first, then lower
+    class index; the worse value is the lower one on equal accuracies.
+
+    Args:
+        correct: ``[n]`` whether each image is classified correctly zero-shot.
+        y: ``[n]`` true classes.
+        spurious: ``[n]`` spurious values (true labels, or zero-shot predictions for ``"pseudo"``).
+        n_classes: how many classes to keep (the reference: 10).
+
+    Returns:
+        ``(mask [n], table)``: the images kept, and one row per class with a gap (columns
+        ``class, gap, worse, kept`` and ``acc_<value>`` in percent), sorted by gap.
+
+    Raises:
+        ValueError: mismatched lengths or ``n_classes < 1``.
+
+    Example::
+
+        >>> correct = np.array([1, 1, 0, 1, 1, 1, 1, 0], dtype=bool)
+        >>> y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+        >>> gender = np.array([0, 0, 1, 1, 0, 0, 1, 1])      # class 0: 100 vs 50, class 1: 100 vs 50
+        >>> mask, table = largest_gap_mask(correct, y, gender, n_classes=1)
+        >>> mask.nonzero()[0].tolist(), table["gap"].tolist()
+        ([2, 3], [50.0, 50.0])
+    """
+    ok, yy, ss = (np.asarray(a).reshape(-1) for a in (correct, y, spurious))
+    if not (len(ok) == len(yy) == len(ss)):
+        raise ValueError(f"correct, y and spurious must have equal length, got {len(ok)}, {len(yy)}, {len(ss)}")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    ok = ok.astype(bool)
+    values = np.unique(ss)
+    rows = []
+    for c in np.unique(yy):
+        acc = {int(v): 100.0 * float(ok[(yy == c) & (ss == v)].mean()) for v in values if ((yy == c) & (ss == v)).any()}
+        if len(acc) < 2:
+            continue
+        worse = min(acc, key=lambda v: (acc[v], v))
+        rows.append({"class": int(c), "gap": max(acc.values()) - min(acc.values()), "worse": worse,
+                     **{f"acc_{v}": acc.get(int(v), np.nan) for v in values}})
+    table = pd.DataFrame(rows, columns=["class", "gap", "worse"] + [f"acc_{int(v)}" for v in values])
+    table = table.sort_values(["gap", "class"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    table["kept"] = np.arange(len(table)) < n_classes
+    mask = np.zeros(len(yy), dtype=bool)
+    for c, v in table.loc[table["kept"], ["class", "worse"]].itertuples(index=False):
+        mask |= (yy == c) & (ss == v)
+    return mask, table
+
+
+def locate_mask(
+    y: Labels,
+    correct: Bool[np.ndarray, " batch"],
+    group: Labels | None = None,
+    *,
+    groups: str = "true",
+    locate_groups: str = "conflicting",
+    conflicting: Sequence[int] | None = None,
+    spurious: Labels | None = None,
+    spurious_logits: Float[Tensor, "batch n_spurious"] | None = None,
+    gap_classes: int = 10,
+) -> Bool[np.ndarray, " batch"]:
+    """Boolean ``[n]``: the images whose top heads :func:`locate` counts (its arguments, same names).
+
+    ``groups`` says which spurious labels are used (``"true"``, ``"pseudo"`` = zero-shot
+    predictions from ``spurious_logits``, ``"full"`` = none: every image), ``locate_groups``
+    which images of them: ``"conflicting"`` (the groups ``conflicting``) or ``"authors"``
+    (:func:`largest_gap_mask` with ``gap_classes``, on the zero-shot ``correct`` flags).
+
+    Raises:
+        ValueError: an unknown mode, or a label the mode needs is missing.
+    """
+    if groups not in ("true", "pseudo", "full"):
+        raise ValueError(f"groups must be 'true', 'pseudo' or 'full', got {groups!r}")
+    if locate_groups not in LOCATE_GROUPS:
+        raise ValueError(f"locate_groups must be one of {LOCATE_GROUPS}, got {locate_groups!r}")
+    y = np.asarray(y)
+    if groups == "full":
+        return np.ones(len(y), dtype=bool)
+    if groups == "pseudo":
+        if spurious_logits is None:
+            raise ValueError("groups='pseudo' needs spurious_logits [n, n_spurious] from spurious prompts")
+        s_used = spurious_logits.detach().cpu().argmax(1).numpy()
+    else:
+        s_used = None if spurious is None else np.asarray(spurious)
+    if locate_groups == "authors":
+        if s_used is None:
+            raise ValueError("locate_groups='authors' needs the spurious labels (spurious=...) to find each class's "
+                             "worse-performing value")
+        return largest_gap_mask(correct, y, s_used, gap_classes)[0]
+    if conflicting is None:
+        raise ValueError(f"groups={groups!r} needs the bias-conflicting group ids: pass "
+                         "conflicting=ltc.locate.conflicting_groups(store) (the dataset states them), or use groups='full'")
+    if group is None:
+        raise ValueError(f"groups={groups!r} needs the group labels (group=...)")
+    if groups == "pseudo":
+        if spurious is None:
+            raise ValueError("groups='pseudo' needs group and spurious (the true ones are replaced by predictions)")
+        return conflicting_mask(pseudo_groups(group, spurious, s_used), conflicting)
+    return conflicting_mask(group, conflicting)
+
+
 def locate(
     lens: LogitLens,
     y: Labels,
@@ -233,6 +353,8 @@ def locate(
     split: str = "",
     model: Any = None,
     data: dict | None = None,
+    locate_groups: str = "conflicting",
+    gap_classes: int = 10,
 ) -> HeadSelection:
     """Locate spurious and salient heads from top-head frequencies.
 
@@ -243,9 +365,16 @@ def locate(
         groups: ``"true"`` (spurious labels), ``"pseudo"`` (spurious attribute predicted
             zero-shot from ``spurious_logits [n, n_spurious]``; each group's spurious part is
             replaced by the prediction, see :func:`pseudo_groups`) or ``"full"`` (all images).
-        spurious: ``[n]`` true spurious labels (needed by ``"pseudo"`` to rebuild the groups).
-        conflicting: the bias-conflicting group ids, required by ``"true"`` and ``"pseudo"``;
-            the dataset states them: ``conflicting_groups(store)`` (:func:`conflicting_groups`).
+        spurious: ``[n]`` true spurious labels (needed by ``"pseudo"`` to rebuild the groups, and
+            by ``locate_groups="authors"`` with ``groups="true"``).
+        conflicting: the bias-conflicting group ids, required by ``"true"`` and ``"pseudo"`` with
+            ``locate_groups="conflicting"``; the dataset states them: ``conflicting_groups(store)``
+            (:func:`conflicting_groups`).
+        locate_groups: which images of the labelled split are counted: ``"conflicting"`` (the
+            bias-conflicting groups) or ``"authors"`` (the reference's GenderBias set: the
+            ``gap_classes`` classes with the largest zero-shot gap between spurious values, their
+            worse value; :func:`largest_gap_mask`). Ignored by ``groups="full"``.
+        gap_classes: how many classes ``"authors"`` keeps (the reference: 10).
         candidates: optional ``[n, k]`` per-image candidate classes.
         rule: ``"threshold"`` (difference > 1/K) or ``"topk"`` (``k`` largest differences).
         score: what ``"topk"`` ranks: ``"count"`` (``F_wrong - F_correct``, the paper's statistic)
@@ -259,40 +388,31 @@ def locate(
         LocateError: no bias-conflicting images, or no wrong (or no correct) predictions among them.
     """
     y = np.asarray(y)
-    if groups in ("true", "pseudo") and conflicting is None:
+    if groups not in ("true", "pseudo", "full"):
+        raise ValueError(f"groups must be 'true', 'pseudo' or 'full', got {groups!r}")
+    if groups in ("true", "pseudo") and locate_groups == "conflicting" and conflicting is None:
         raise ValueError(f"groups={groups!r} needs the bias-conflicting group ids: pass "
                          "conflicting=ltc.locate.conflicting_groups(store) (the dataset states them), or use groups='full'")
     if hasattr(model, "describe"):
         model = model.describe()
     m, pred, _ = margins(lens, y, candidates)
     correct = (pred.numpy() == y)
-    if groups == "true":
-        if group is None:
-            raise ValueError("groups='true' needs the group labels (group=...)")
-        use = conflicting_mask(group, conflicting)
-    elif groups == "pseudo":
-        if spurious_logits is None:
-            raise ValueError("groups='pseudo' needs spurious_logits [n, n_spurious] from spurious prompts")
-        if group is None or spurious is None:
-            raise ValueError("groups='pseudo' needs group and spurious (the true ones are replaced by predictions)")
-        s_hat = spurious_logits.detach().cpu().argmax(1).numpy()
-        use = conflicting_mask(pseudo_groups(group, spurious, s_hat), conflicting)
-    elif groups == "full":
-        use = np.ones(len(y), dtype=bool)
-    else:
-        raise ValueError(f"groups must be 'true', 'pseudo' or 'full', got {groups!r}")
+    use = locate_mask(y, correct, group, groups=groups, locate_groups=locate_groups, conflicting=conflicting,
+                      spurious=spurious, spurious_logits=spurious_logits, gap_classes=gap_classes)
+    what = "bias-conflicting" if locate_groups == "conflicting" or groups == "full" else "largest-gap"
     if not use.any():
-        raise LocateError(f"no bias-conflicting images in the locate split (groups={groups!r}, conflicting={conflicting})")
+        raise LocateError(f"no {what} images in the locate split (groups={groups!r}, locate_groups={locate_groups!r}, "
+                          f"conflicting={conflicting})")
     f_w, n_w = top_head_frequencies(m, use & ~correct)
     f_c, n_c = top_head_frequencies(m, use & correct)
     if n_w == 0:
         raise LocateError(
-            f"the model makes no wrong predictions on the {int(use.sum())} bias-conflicting images, so there "
+            f"the model makes no wrong predictions on the {int(use.sum())} {what} images, so there "
             "is no shortcut to locate here; use a larger or harder locate split, or groups='full'"
         )
     if n_c == 0:
         raise LocateError(
-            f"the model gets all {int(use.sum())} bias-conflicting images wrong, so salient heads cannot be "
+            f"the model gets all {int(use.sum())} {what} images wrong, so salient heads cannot be "
             "contrasted; use groups='full' or a larger locate split"
         )
     diff = f_w - f_c
@@ -334,7 +454,9 @@ def locate(
     table = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     return HeadSelection(
         spurious=spur_g, salient=sal_g, rule=rule, groups=groups, score=score, threshold=tau, k=kk, split=split,
-        counts={"n_wrong": n_w, "n_correct": n_c, "n_conflicting": int(use.sum()), "K": K},
+        counts={"n_wrong": n_w, "n_correct": n_c, "n_conflicting": int(use.sum()), "K": K,
+                **({"locate_groups": locate_groups, "gap_classes": gap_classes}
+                   if locate_groups != "conflicting" and groups != "full" else {})},
         model=model or {}, data=data or {}, table=table,
     )
 
@@ -406,7 +528,8 @@ class LocatedHeads:
 def select_heads(split, means: torch.Tensor, reference: str, *, rule: str = "topk", score: str = "margin",
                  k_cap: int = 4, groups: str = "true", conflicting: Sequence[int] | None = None,
                  spurious_logits: torch.Tensor | None = None, heads_from: str | Path | None = None,
-                 model: dict | None = None, data: dict | None = None, loaded_model=None) -> LocatedHeads:
+                 model: dict | None = None, data: dict | None = None, loaded_model=None,
+                 locate_groups: str = "conflicting", gap_classes: int = 10, salient: str = "auto") -> LocatedHeads:
     """The workbook's selection recipe on the locate split: the paper's rule, ``topk`` with ``k`` chosen there, LTC-full.
 
     With ``rule="topk"`` every ``k`` in ``1..k_cap`` is tried by mean-ablating its spurious heads
@@ -417,25 +540,37 @@ def select_heads(split, means: torch.Tensor, reference: str, *, rule: str = "top
         split: the locate split (:class:`~ltcutils.evaluate.EvalSplit`).
         means: ``[layer, head, d_embed]`` head means over ``split`` (:func:`ltcutils.correct.head_means`).
         reference: the split's name (recorded in the selections).
-        rule, score, groups, conflicting, spurious_logits: see :func:`locate`.
+        rule, score, groups, conflicting, spurious_logits, locate_groups, gap_classes: see :func:`locate`
+            (LTC-full ignores ``locate_groups``: it counts every image).
         k_cap: the largest ``k`` tried by ``topk``.
         heads_from: a heads file to reuse instead (all three selections are then that file's).
         model, data: provenance recorded in the selections.
         loaded_model: the model the reused heads will edit (checked by :meth:`HeadSelection.load`).
+        salient: ``"contrast"``, ``"per_class"``, ``"reused"`` or ``"auto"`` (the dataset's protocol:
+            CounterAnimal per class); see :mod:`ltcutils.classwise`.
 
     Raises:
-        ValueError: an unknown ``rule``; LocateError: see :func:`locate`.
+        ValueError: an unknown ``rule`` or ``salient``; LocateError: see :func:`locate`, or no
+            bias-conflicting image in the split (CounterAnimal's common split) and no ``heads_from``.
     """
+    from .classwise import salient_protocol, with_per_class
     from .correct import Correction
     from .evaluate import score as score_logits
 
+    salient = salient_protocol(salient, split.meta, heads_from)
     if heads_from:
         sel = HeadSelection.load(heads_from, model=loaded_model, layers=split.terms.layers)
+        if salient == "per_class":
+            sel = with_per_class(sel, split, reference)
         return LocatedHeads(sel, sel, sel, None, str(heads_from))
+    if groups == "true" and conflicting is not None and not conflicting_mask(split.group, conflicting).any():
+        raise LocateError(f"the locate split {reference!r} has no bias-conflicting image (CounterAnimal's common split, "
+                          "by design): pass heads_from=<heads.json of the same model on Waterbirds>, as the paper does")
     if rule not in ("topk", "threshold"):
         raise ValueError(f"rule must be 'topk' or 'threshold', got {rule!r}")
     common = dict(groups=groups, conflicting=conflicting, spurious_logits=spurious_logits, spurious=split.spurious,
-                  candidates=split.candidates, split=reference, model=model, data=data)
+                  candidates=split.candidates, split=reference, model=model, data=data, locate_groups=locate_groups,
+                  gap_classes=gap_classes)
 
     def wg_after_ablation(sel: HeadSelection) -> float:
         corr = Correction.mean_ablation(sel.spurious, means, split.terms.layers, reference)
@@ -451,4 +586,6 @@ def select_heads(split, means: torch.Tensor, reference: str, *, rule: str = "top
         selection = paper
     full = locate(split.lens, split.y, split.group, **dict(common, groups="full"), rule=rule, k=selection.k,
                   score=score if rule == "topk" else "count")
+    if salient == "per_class":
+        selection, paper, full = (with_per_class(s, split, reference) for s in (selection, paper, full))
     return LocatedHeads(selection, paper, full, k_table)

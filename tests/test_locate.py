@@ -186,3 +186,67 @@ def test_deprecated_name_form_still_answers_where_options_do_not_matter():
         assert conflicting_groups("synthetic") == [1, 2]
     with pytest.warns(DeprecationWarning), pytest.raises(LocateError, match="fairface defines no"):
         conflicting_groups("fairface")
+
+
+def test_largest_gap_mask_by_hand():
+    """Three occupations: gaps 50, 25 and 0 points; one occupation has women only (no gap, never kept)."""
+    from ltcutils.locate import largest_gap_mask
+
+    #              occ 0: F 2/2, M 1/2  | occ 1: F 3/4, M 2/4 | occ 2: F 1/1, M 1/1 | occ 3: F only
+    correct = np.array([1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0], dtype=bool)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3])
+    gender = np.array([0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0])
+    mask, table = largest_gap_mask(correct, y, gender, n_classes=2)
+    assert table["class"].tolist() == [0, 1, 2]  # occupation 3 has no gap
+    assert table["gap"].tolist() == [50.0, 25.0, 0.0]
+    assert table["worse"].tolist() == [1, 1, 0]  # on a tie the lower value is the worse one
+    assert table["kept"].tolist() == [True, True, False]
+    assert table.loc[1, "acc_0"] == 75.0 and table.loc[1, "acc_1"] == 50.0
+    assert np.flatnonzero(mask).tolist() == [2, 3, 8, 9, 10, 11]  # the men of occupations 0 and 1
+    one, _ = largest_gap_mask(correct, y, gender, n_classes=1)
+    assert np.flatnonzero(one).tolist() == [2, 3]
+    with pytest.raises(ValueError, match="n_classes"):
+        largest_gap_mask(correct, y, gender, n_classes=0)
+
+
+def _gap_benchmark():
+    # class 0: women 2/2 right (top head L0H0), men 1/2 (right: L0H1, wrong: L1H1) -> gap 50, worse men
+    # class 1: women and men all right (top head L1H0) -> gap 0. group = 2y + s.
+    rows = [((0, 0), 0, 0, 0), ((0, 0), 0, 0, 0), ((0, 1), 0, 0, 1), ((1, 1), 1, 0, 1),
+            ((1, 0), 1, 1, 0), ((1, 0), 1, 1, 0), ((1, 0), 1, 1, 1), ((1, 0), 1, 1, 1)]
+    imgs = [_img(top, sign) for top, sign, _, _ in rows]
+    y = np.array([r[2] for r in rows])
+    s = np.array([r[3] for r in rows])
+    return _lens(np.stack(imgs)), y, 2 * y + s, s
+
+
+def test_locate_with_the_authors_groups_by_hand():
+    """gap_classes=1 keeps the men of class 0: one wrong (top L1H1), one right (top L0H1); K = 2,
+    so L1H1 (difference +1 > 1/2) is spurious and L0H1 (-1) salient."""
+    lens, y, g, s = _gap_benchmark()
+    sel = locate(lens, y, g, spurious=s, locate_groups="authors", gap_classes=1, split="val")
+    assert sel.spurious == [(1, 1)] and sel.salient == [(0, 1)]
+    assert sel.counts["n_conflicting"] == 2 and sel.counts["K"] == 2
+    assert sel.counts["locate_groups"] == "authors" and sel.counts["gap_classes"] == 1
+    # the bias-conflicting groups {1, 2} are another set: class 0 men and class 1 women (4 images)
+    conf = locate(lens, y, g, conflicting=[1, 2])
+    assert conf.counts["n_conflicting"] == 4 and "locate_groups" not in conf.counts
+    # with both classes kept, class 1 (gap 0) adds its women (the lower value on a tie)
+    both = locate(lens, y, g, spurious=s, locate_groups="authors", gap_classes=2)
+    assert both.counts["n_conflicting"] == 4
+    with pytest.raises(ValueError, match="needs the spurious labels"):
+        locate(lens, y, g, locate_groups="authors")
+    with pytest.raises(ValueError, match="locate_groups must be"):
+        locate(lens, y, g, spurious=s, locate_groups="stereotype")
+
+
+def test_locate_with_the_authors_groups_on_pseudo_labels():
+    """groups='pseudo' with the authors' set reads the predicted spurious values: predicting every
+    image as a woman leaves no class with two values, so nothing is left to locate on."""
+    lens, y, g, s = _gap_benchmark()
+    right = torch.nn.functional.one_hot(torch.as_tensor(s), 2).float()
+    sel = locate(lens, y, g, groups="pseudo", spurious_logits=right, spurious=s, locate_groups="authors", gap_classes=1)
+    assert sel.spurious == [(1, 1)]
+    with pytest.raises(LocateError, match="largest-gap"):
+        locate(lens, y, g, groups="pseudo", spurious_logits=torch.tensor([[1.0, 0.0]] * 8), spurious=s,
+               locate_groups="authors")
