@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from .base import OUTPUT_DIR, WorkbookError
 from .notebooks import list_notebooks, notebook_parameters
+from .probe_rows import PROBE_LABELS, PROBES_NOTEBOOK, probe_caption, with_probe_rows
 from .results import _plain, flatten, read_metrics
 
 
@@ -229,7 +230,7 @@ DEFAULT_METRICS = ("wg", "avg_sample", "gap")
 _ALIASES = {"avg": "avg_sample", "worst": "wg"}
 _PERCENT = {"wg", "avg_sample", "avg_group", "avg_train", "gap", "gap_group", "gap_train"}
 _KNOWN = {k: i for i, (k, _) in enumerate(METHOD_ORDER)}
-_LABELS = dict(METHOD_ORDER)
+_LABELS = {**dict(METHOD_ORDER), **PROBE_LABELS}
 
 
 def method_key(name: str) -> str:
@@ -238,7 +239,9 @@ def method_key(name: str) -> str:
 
 
 def method_kind(key: str) -> int:
-    """Rank of a method's kind: 0 zero-shot, 1 baselines, 2 ablate, 3 inject, 4 LTC variants, 5 random."""
+    """Rank of a method's kind: 0 zero-shot, 1 baselines, 2 ablate, 3 inject, 4 LTC variants, 5 random, 6 probes."""
+    if key.startswith("probe_"):
+        return 6
     if key == "zero_shot":
         return 0
     if key.startswith("random"):
@@ -394,6 +397,7 @@ class PaperTable:
             if draws:
                 text += f"; random: mean ± sd over {'/'.join(map(str, sorted(draws)))} draws of random heads"
             text += "."
+        text += probe_caption(self.values)
         if ci_left_out:
             text += f" CIs of {', '.join(self.header(m) for m in ci_left_out)} left out to fit the width."
         tags = self._tags()
@@ -525,7 +529,8 @@ def paper_report(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str] |
     for label, d in zip(_run_labels(dirs), dirs):
         if not d.is_dir():
             raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
-        m = read_metrics(d).get(notebook)
+        got = read_metrics(d)  # notebook 07's probe rows join the methods when it has run
+        m = with_probe_rows(got.get(notebook), got.get(PROBES_NOTEBOOK))
         if not m or not method_rows(m):
             raise WorkbookError(f"{str(d)!r} has no method metrics in metrics/{notebook}.json; run that notebook "
                                 f"(ltc run {notebook[:2]} --out {d}) or see every metric with `ltc report --all`")
