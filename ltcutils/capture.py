@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import os
 import pickle
+import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +48,7 @@ from .datasets.base import DatasetError, GroupDataset
 from .decompose import _layer_list, decompose
 from .store import ActivationStore, StoreError, StoreMismatchError, open_writer, store_dir, store_spec
 
-__all__ = ["capture", "default_workers", "PRECISIONS", "TOLERANCE", "SERIAL_BELOW", "main"]
+__all__ = ["capture", "default_workers", "PRECISIONS", "TOLERANCE", "SERIAL_BELOW", "main", "parser", "torchrun_command"]
 
 #: torch dtype of the forward for each ``precision``.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -119,19 +120,24 @@ def _batches(writer, shards: Sequence[int], batch_size: int) -> list[list[int]]:
     return out
 
 
-def _loader(images: _Images, batches: list[list[int]], num_workers: int, device: torch.device):
-    if num_workers and mp_start_method() != "fork":
+def _loader(images: _Images, batches: list[list[int]], num_workers: int, device: torch.device,
+            start_method: str | None = None):
+    """The DataLoader of one capture: ``batches`` in order, ``num_workers`` processes started by
+    ``start_method`` (None: the platform's default, see :func:`mp_start_method`)."""
+    method = start_method or mp_start_method()
+    if num_workers and method != "fork":
         try:
             pickle.dumps(images)
         except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing
             raise TypeError(
                 f"num_workers={num_workers} needs a picklable dataset and preprocess on this platform (workers are "
-                f"started with {mp_start_method()!r}); pickling failed: {exc}. Make load_image a module-level "
+                f"started with {method!r}); pickling failed: {exc}. Make load_image a module-level "
                 "callable, or pass num_workers=0.") from exc
     accel = device.type != "cpu"
     return torch.utils.data.DataLoader(
         images, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=accel,
-        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+        multiprocessing_context=start_method if num_workers else None)
 
 
 def mp_start_method() -> str:
@@ -323,10 +329,9 @@ def _device(arg: str) -> torch.device:
     return torch.device(acc.type, index)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m ltcutils.capture`` / ``torchrun ... -m ltcutils.capture``: capture one store."""
-    ap = argparse.ArgumentParser(prog="python -m ltcutils.capture", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(prog: str = "python -m ltcutils.capture") -> argparse.ArgumentParser:
+    """The options of ``python -m ltcutils.capture`` (``ltc capture`` checks them before launching)."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-B-16", help="open_clip model name or ltc-tiny")
     ap.add_argument("--pretrained", default=None, help="tag or checkpoint file; omit (or 'none') for random weights")
     ap.add_argument("--seed", type=int, default=0, help="torch seed before building the model (random weights)")
@@ -350,7 +355,47 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto (this rank's accelerator, else cpu), cpu, or a device")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per rank")
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    return ap
+
+
+#: ``torchrun`` options that ``ltc capture`` passes on (its own spelling; see ``torchrun --help``).
+TORCHRUN_OPTIONS = ("--nnodes", "--node-rank", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
+
+
+def torchrun_command(capture_args: Sequence[str], nproc_per_node: int | str = 1, **torchrun: str | int | None
+                     ) -> list[str]:
+    """The ``torchrun`` (``python -m torch.distributed.run``) command that runs this module on N processes.
+
+    Args:
+        capture_args: options of ``python -m ltcutils.capture`` (``--dataset ... --cache ...``).
+        nproc_per_node: processes on this node: a number, or torchrun's ``gpu`` / ``auto``.
+        torchrun: ``nnodes``, ``node_rank``, ``rdzv_backend``, ``rdzv_endpoint``, ``rdzv_id``,
+            ``max_restarts`` (None leaves torchrun's default). Without ``nnodes`` (or with 1) and
+            without ``rdzv_endpoint`` the run is ``--standalone`` (a local rendezvous on a free port).
+
+    Returns:
+        the argument list, starting with this Python interpreter.
+
+    Raises:
+        ValueError: an unknown torchrun option.
+    """
+    known = {o[2:].replace("-", "_"): o for o in TORCHRUN_OPTIONS}
+    unknown = sorted(set(torchrun) - set(known))
+    if unknown:
+        raise ValueError(f"unknown torchrun option(s) {unknown}; ltc capture passes on {sorted(known)}")
+    set_ = {k: v for k, v in torchrun.items() if v is not None}
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if str(set_.get("nnodes", "1")) == "1" and "rdzv_endpoint" not in set_:
+        cmd.append("--standalone")
+    cmd += ["--nproc-per-node", str(nproc_per_node)]
+    for k, v in set_.items():
+        cmd += [known[k], str(v)]
+    return cmd + ["-m", "ltcutils.capture", *capture_args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ltcutils.capture`` / ``torchrun ... -m ltcutils.capture``: capture one store."""
+    a = parser().parse_args(argv)
 
     from .datasets.registry import load_dataset
     from .models import load_model

@@ -164,3 +164,40 @@ def test_a_subset_pickles_for_spawned_workers(tmp_path):
     back = pickle.loads(pickle.dumps(ds))  # a closure here used to make this fail
     assert back.ids == ["img4.jpg", "img1.jpg"]
     assert np.array_equal(np.asarray(back.image(0)), np.asarray(ds.image(0)))
+
+
+def test_a_synthetic_split_pickles_and_feeds_forked_workers_like_the_serial_path(tiny, tmp_path):
+    import pickle
+
+    from ltcutils.datasets import synthetic as syn
+
+    ds = syn.make_split("test", n_per_group=3)
+    back = pickle.loads(pickle.dumps(ds))  # spawned workers receive the dataset pickled
+    assert back.ids == ds.ids and back.fingerprint() == ds.fingerprint()
+    assert all(np.array_equal(np.asarray(back.image(i)), np.asarray(ds.image(i))) for i in (0, 5, 11))
+    serial = capture(tiny, ds, path=tmp_path / "serial", batch_size=4, shard_size=4, dtype="float32",
+                     num_workers=0, progress=False)
+    forked = capture(tiny, ds, path=tmp_path / "forked", batch_size=4, shard_size=4, dtype="float32",
+                     num_workers=2, progress=False)  # Linux starts workers with fork
+    a, b = _arrays(serial), _arrays(forked)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_synthetic_split_feeds_workers_started_either_way(tiny, method):
+    """The capture's own DataLoader over a synthetic split, workers started by ``method``, equals the
+    serial read in order (spawn re-imports torch in each worker: seconds, hence integration)."""
+    import multiprocessing
+
+    from ltcutils.datasets import synthetic as syn
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"this platform cannot start processes with {method}")
+    ds = syn.make_split("val", n_per_group=2).subset([7, 0, 3, 5, 1, 2])
+    images = _Images(ds, tiny.preprocess)
+    batches = [[0, 1, 2], [3, 4], [5]]
+    got = list(_loader(images, batches, 2, torch.device("cpu"), start_method=method))
+    assert [b[0].tolist() for b in got] == batches
+    want = torch.stack([tiny.preprocess(ds.image(i)) for i in range(6)])
+    assert torch.equal(torch.cat([b[1] for b in got]), want)

@@ -14,7 +14,7 @@ import pytest
 from fixtures_real import make_waterbirds
 from ltcutils.store import ActivationStore, StoreError
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/proc").is_dir(),
+LINUX_ONLY = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/proc").is_dir(),
                                 reason="blocks a rank on a named pipe and finds it through /proc (Linux)")
 
 N, SHARD = 24, 2
@@ -84,6 +84,7 @@ def _records(store: Path) -> dict[str, int]:
 
 
 @pytest.mark.integration
+@LINUX_ONLY
 def test_two_ranks_killed_mid_way_resume_to_the_single_process_store(tmp_path):
     rows = [(f"001.Albatross/img_{i:03d}.jpg", i % 2, 2, (i // 2) % 2, "/o/ocean/1.jpg") for i in range(N)]
     root = make_waterbirds(tmp_path / "wb", rows)
@@ -144,3 +145,55 @@ def test_two_ranks_killed_mid_way_resume_to_the_single_process_store(tmp_path):
             np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), rtol=2e-3, atol=1e-4,
                                        err_msg=k)
     assert np.abs(np.load(out / "heads.npy")).max() > 0
+
+
+def _ltc_capture(argv: list[str]):
+    from ltcutils.workbook.cli import _parser, capture_command
+
+    args, extra = _parser().parse_known_args(["capture", *argv])
+    return capture_command(args, extra)
+
+
+def test_ltc_capture_builds_the_torchrun_command():
+    opts = ["--model", "ltc-tiny", "--dataset", "waterbirds", "--cache", "c", "--num-workers", "1"]
+    one = _ltc_capture(opts)
+    assert one is None  # one process: runs here, no launcher
+    two = _ltc_capture(["--nproc-per-node", "2", *opts])
+    assert two[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                       "ltcutils.capture", *opts] and two[0] == sys.executable
+    nodes = _ltc_capture(["--nnodes", "2", "--nproc-per-node", "gpu", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                          "node0:29400", "--rdzv-id", "wb", *opts])
+    launcher = nodes[nodes.index("torch.distributed.run") + 1:nodes.index("ltcutils.capture") - 1]
+    assert "--standalone" not in launcher  # a rendezvous across nodes, not a local one
+    assert launcher == ["--nproc-per-node", "gpu", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                        "node0:29400", "--rdzv-id", "wb"]
+    with pytest.raises(SystemExit):  # a capture option misspelt fails here, before any rank starts
+        _ltc_capture(["--nproc-per-node", "2", *opts, "--batchsize", "8"])
+
+
+def test_ltc_rejects_stray_options_outside_capture(capsys):
+    from ltcutils.workbook.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["params", "--batch-size", "8"])
+    assert "unrecognized arguments: --batch-size" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_ltc_capture_on_two_processes_equals_one(tmp_path):
+    """``ltc capture --nproc-per-node 2`` (torchrun, gloo) writes the store one process writes."""
+    from ltcutils.workbook.cli import main
+
+    rows = [(f"094.Nuthatch/img_{i:03d}.jpg", i % 2, 2, (i // 2) % 2, "/o/ocean/1.jpg") for i in range(8)]
+    root = make_waterbirds(tmp_path / "wb", rows)
+    opts = ["--model", "ltc-tiny", "--dataset", "waterbirds", "--root", str(root), "--batch-size", "2",
+            "--shard-size", "2", "--num-workers", "0", "--threads", "1", "--no-progress"]
+    res = subprocess.run([sys.executable, "-m", "ltcutils.workbook.cli", "capture", "--nproc-per-node", "2", *opts,
+                          "--out", str(tmp_path / "two")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, _why(res)
+    assert main(["capture", *opts, "--out", str(tmp_path / "one")]) == 0
+    a, b = ActivationStore(tmp_path / "two"), ActivationStore(tmp_path / "one")
+    assert len(_records(tmp_path / "two")) == 4 and list(a.labels["ids"]) == list(b.labels["ids"])
+    for k in ARRAYS:
+        np.testing.assert_allclose(np.load(a.path / f"{k}.npy").astype(np.float32),
+                                   np.load(b.path / f"{k}.npy").astype(np.float32), rtol=2e-3, atol=1e-4, err_msg=k)

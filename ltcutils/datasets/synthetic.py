@@ -291,6 +291,17 @@ def _train_counts(n: int, p_aligned: float) -> list[int]:
     return [aligned[0], half[0] - aligned[0], half[1] - aligned[1], aligned[1]]
 
 
+class _Renderer:
+    """``i -> render(seeds[i])``: a split's image loader. A class, not a closure, so that a split pickles
+    (DataLoader workers started with ``spawn`` receive the dataset pickled)."""
+
+    def __init__(self, seeds: Sequence[int]):
+        self.seeds = [int(s) for s in seeds]
+
+    def __call__(self, i: int) -> Image.Image:
+        return render(self.seeds[int(i)])
+
+
 def make_split(
     split: str,
     n: int | None = None,
@@ -339,13 +350,9 @@ def make_split(
     lab = labels_for_seeds(seeds)
     group = 2 * lab["y"] + lab["spurious"]
     seed_list = [int(s) for s in seeds]
-
-    def load(i: int) -> Image.Image:
-        return render(seed_list[i])
-
     return GroupDataset(
         name="synthetic", split=split, class_names=list(CLASS_NAMES), spurious_names=list(SPURIOUS_NAMES),
-        y=lab["y"], spurious=lab["spurious"], group=group, group_names=list(GROUP_NAMES), load_image=load,
+        y=lab["y"], spurious=lab["spurious"], group=group, group_names=list(GROUP_NAMES), load_image=_Renderer(seed_list),
         ids=[str(s) for s in seed_list],
         extra={"species": lab["species"], "place": lab["place"], "item_seed": seeds.copy()},
         info={"generator": "ltcutils.datasets.synthetic", "version": VERSION, "split": split, "seed": int(seed),

@@ -65,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     pa.add_argument("--notebooks-dir")
 
+    cp = sub.add_parser("capture", allow_abbrev=False,
+                        help="capture one store with N processes (torchrun); other options: python -m ltcutils.capture -h",
+                        description="Capture one activation store, on N processes through torchrun "
+                        "(torch.distributed.run) when --nproc-per-node or --nnodes asks for more than one. Every "
+                        "option not listed here goes to python -m ltcutils.capture (see its -h), e.g. "
+                        "`ltc capture --nproc-per-node 2 --model ltc-tiny --dataset waterbirds --cache cache`.")
+    cp.add_argument("--nproc-per-node", default="1", help="processes on this node: a number, gpu or auto (default 1)")
+    cp.add_argument("--nnodes", help="nodes, or MIN:MAX for an elastic job (default 1)")
+    cp.add_argument("--node-rank", help="this node's rank (static rendezvous only)")
+    cp.add_argument("--rdzv-backend", help="rendezvous backend, e.g. c10d (torchrun's default: static)")
+    cp.add_argument("--rdzv-endpoint", help="HOST:PORT of the rendezvous, the same on every node")
+    cp.add_argument("--rdzv-id", help="job id, the same on every node")
+    cp.add_argument("--max-restarts", help="times torchrun restarts failed ranks (each resumes its missing shards)")
+    cp.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+
     li = sub.add_parser("lint", help="notebook hygiene checks (and CI-file consistency with --ci)")
     li.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     li.add_argument("--notebooks-dir")
@@ -81,9 +96,43 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
+def capture_command(args: argparse.Namespace, capture_args: Sequence[str]) -> list[str] | None:
+    """The torchrun command for ``ltc capture``, or None for one process (run here, no launcher).
+
+    ``capture_args`` are checked by ``python -m ltcutils.capture``'s own parser first, so a typo
+    fails once, here, instead of on every rank.
+    """
+    from ..capture import TORCHRUN_OPTIONS, parser, torchrun_command
+
+    parser("ltc capture").parse_args(list(capture_args))  # exits 2 with the capture's usage on a bad option
+    opts = {o[2:].replace("-", "_"): getattr(args, o[2:].replace("-", "_")) for o in TORCHRUN_OPTIONS}
+    if str(args.nproc_per_node) == "1" and opts["nnodes"] in (None, "1") and opts["rdzv_endpoint"] is None:
+        return None
+    return torchrun_command(capture_args, args.nproc_per_node, **opts)
+
+
+def _capture(args: argparse.Namespace, capture_args: Sequence[str]) -> int:
+    import shlex
+    import subprocess
+
+    cmd = capture_command(args, capture_args)
+    if args.dry_run:
+        print(shlex.join(cmd or [sys.executable, "-m", "ltcutils.capture", *capture_args]))
+        return 0
+    if cmd is None:
+        from ..capture import main as capture_main
+
+        capture_main(list(capture_args))
+        return 0
+    return subprocess.run(cmd).returncode  # torchrun's status: 0, or 1 when a rank failed (its log says why)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``ltc`` command; returns the exit status (0 ok, 1 a notebook or check failed, 2 usage)."""
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.command != "capture":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     nb_dir = Path(args.notebooks_dir) if getattr(args, "notebooks_dir", None) else default_notebooks_dir()
     try:
         if args.command == "run":
@@ -111,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = html_report(args.run_dirs, out=args.out, notebook=args.notebook, notebooks=not args.no_notebooks)
             print(f"wrote {path}")
             return 0
+        if args.command == "capture":
+            return _capture(args, extra)
         if args.command == "check":
             spec = load_params_file(args.params_file)
             metrics = read_metrics(args.run_dir)
