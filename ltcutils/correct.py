@@ -156,20 +156,41 @@ class ConceptBases:
         bases: orthonormal bases, each ``[r_i, d_embed]``.
         index: ``[n]`` which basis each image uses (``-1``: no injection for that image).
         keys: a name per basis (e.g. ``"nurse|surgeon"``), for display.
+        heads: per basis, the only heads it is injected into (per-class salient heads,
+            :func:`ltcutils.classwise.class_concept_bases`); None: every injected head.
+        info: free-form provenance (e.g. each image's pseudo-class).
     """
 
     bases: list[Float[Tensor, "_ d_embed"]]
     index: Int[np.ndarray, " batch"] | Sequence[int]
     keys: list[str] = field(default_factory=list)
+    heads: list[list[Head]] | None = None
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = np.asarray(self.index, dtype=np.int64)
         if self.index.ndim != 1 or (len(self.index) and self.index.max() >= len(self.bases)):
             raise ValueError(f"index must be [n] with values in -1..{len(self.bases) - 1}")
+        if self.heads is not None:
+            if len(self.heads) != len(self.bases):
+                raise ValueError(f"heads must give one head list per basis ({len(self.bases)}), got {len(self.heads)}")
+            self.heads = [parse_heads(hs) for hs in self.heads]
 
     def take(self, rows: np.ndarray | slice) -> "ConceptBases":
         """The same bases for a subset of the images."""
-        return ConceptBases(self.bases, self.index[rows], self.keys)
+        return ConceptBases(self.bases, self.index[rows], self.keys, self.heads, self.info)
+
+    def with_index(self, index: Int[np.ndarray, " batch"] | Sequence[int]) -> "ConceptBases":
+        """The same bases (and heads) assigned to other images."""
+        return ConceptBases(self.bases, index, self.keys, self.heads, self.info)
+
+    def reassigned(self, heads: Sequence[Head]) -> "ConceptBases":
+        """The same bases with each basis's head list replaced by as many of ``heads`` (in order):
+        a random-head control keeps every image's number of injected heads."""
+        if self.heads is None:
+            return self
+        heads = parse_heads(heads)
+        return ConceptBases(self.bases, self.index, self.keys, [heads[:len(hs)] for hs in self.heads], self.info)
 
 
 def concept_bases(keyed: dict[str, Float[Tensor, "_ d_embed"]], class_names: Sequence[str],
@@ -216,15 +237,16 @@ def concept_bases(keyed: dict[str, Float[Tensor, "_ d_embed"]], class_names: Seq
     return ConceptBases([keyed[k] for k in keys], index, keys)
 
 
-def _inject_any(x: torch.Tensor, basis, strength: float, renormalize: bool) -> torch.Tensor:
-    """:func:`inject` with one shared basis, or per image with :class:`ConceptBases`."""
+def _inject_any(x: torch.Tensor, basis, strength: float, renormalize: bool, head: Head | None = None) -> torch.Tensor:
+    """:func:`inject` with one shared basis, or per image with :class:`ConceptBases` (``head``: the head
+    ``x`` belongs to, for bases restricted to some heads)."""
     if not isinstance(basis, ConceptBases):
         return inject(x, basis.to(x), strength, renormalize)
     if len(basis.index) != len(x):
         raise ValueError(f"ConceptBases index has {len(basis.index)} images but {len(x)} terms were given")
     out = x.float().clone()
     for b in np.unique(basis.index):
-        if b < 0:
+        if b < 0 or (basis.heads is not None and head not in basis.heads[b]):
             continue
         rows = torch.as_tensor(np.flatnonzero(basis.index == b), device=x.device)
         out[rows] = inject(x[rows], basis.bases[b].to(x), strength, renormalize)
@@ -325,7 +347,7 @@ def head_delta(heads: Float[Tensor, "batch layer head d_embed"] | Terms, layers:
         delta += v.to(delta) - get(_pos(layers, l), h)
     for l, h in correction.inject:
         x = get(_pos(layers, l), h)
-        delta += _inject_any(x, correction.basis, correction.strength, correction.renormalize) - x
+        delta += _inject_any(x, correction.basis, correction.strength, correction.renormalize, (l, h)) - x
     return delta
 
 
@@ -352,7 +374,7 @@ def corrected_logits(lens: LogitLens, correction: Correction, terms: Terms | Non
     logits = lens.logits().clone()
     for (l, h), v in zip(correction.ablate, correction.ablate_values if correction.ablate else []):
         li = lens.layer_pos(l)
-        logits += (v.float() @ W)[None] - lens.head[:, li, h]
+        logits += (v.float() @ W)[None] - lens.head_logits(li, h)
     if correction.inject:
         logits += _inject_delta(lens, correction, terms) @ W
     return logits
@@ -423,8 +445,7 @@ class DebiasedEncoder:
             if basis_index is None:
                 raise ValueError("this correction has per-image concept bases: pass basis_index=[...] per image")
             correction = Correction(correction.ablate, correction.ablate_values, correction.reference,
-                                    correction.inject, ConceptBases(correction.basis.bases, basis_index,
-                                                                    correction.basis.keys),
+                                    correction.inject, correction.basis.with_index(basis_index),
                                     correction.strength, correction.renormalize)
         store: dict[str, torch.Tensor] = {}
         grab = lambda key, cls_only: _recorder(store, key, cls_only)  # noqa: E731

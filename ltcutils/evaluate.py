@@ -122,7 +122,7 @@ class EvalSplit:
         """
         from .locate import LocateError, conflicting_groups
 
-        k = self.lens.head.shape[-1] if self.candidates is None else np.asarray(self.candidates).shape[1]
+        k = self.lens.n_class if self.candidates is None else np.asarray(self.candidates).shape[1]
         chance = 100.0 / k
         right = self.predict(self.lens.logits()) == self.y
         try:
@@ -204,8 +204,9 @@ def random_control(
     rows = []
     for heads in draws:
         corr = Correction.mean_ablation(heads[:n_ablate], means, split.terms.layers, reference or "reference")
-        if n_inject:
-            corr = corr.with_injection(heads[n_ablate:], basis, strength, renormalize)
+        if n_inject:  # per-class bases: each image keeps its class's number of injected heads
+            b = basis.reassigned(heads[n_ablate:]) if hasattr(basis, "reassigned") else basis
+            corr = corr.with_injection(heads[n_ablate:], b, strength, renormalize)
         r = score(split, corrected_logits(split.lens, corr, split.terms))
         r["heads"] = ",".join(head_label(l, h) for l, h in heads)
         rows.append(r)

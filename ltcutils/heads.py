@@ -146,6 +146,11 @@ class HeadSelection:
     ``model`` records the model the heads were located on (``LoadedModel.describe()``: name,
     weights fingerprint, ``vit`` shape); :meth:`load` compares it with the model they are
     applied to.
+
+    ``salient_by_class`` (CounterAnimal's protocol, :func:`ltcutils.classwise.locate_per_class`):
+    ``{class index: salient heads}`` located per class; an image is injected into the heads of
+    its (pseudo-)class only. ``salient`` is then the union of those lists (every head some image
+    is injected into). Empty for a selection with one salient list for every image.
     """
 
     spurious: list[Head]
@@ -161,6 +166,7 @@ class HeadSelection:
     model: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     table: pd.DataFrame | None = None
+    salient_by_class: dict[int, list[Head]] = field(default_factory=dict)
 
     def labels(self, which: str = "spurious") -> list[str]:
         return [head_label(l, h) for l, h in getattr(self, which)]
@@ -173,6 +179,7 @@ class HeadSelection:
         d["salient"] = [list(h) for h in self.salient]
         d["spurious_labels"] = self.labels("spurious")
         d["salient_labels"] = self.labels("salient")
+        d["salient_by_class"] = {str(c): [head_label(*h) for h in hs] for c, hs in self.salient_by_class.items()}
         if self.table is not None:
             d["table"] = self.table.to_dict(orient="records")
         return d
@@ -197,6 +204,11 @@ class HeadSelection:
         """
         self.spurious = parse_heads(self.spurious)
         self.salient = parse_heads(self.salient)
+        self.salient_by_class = {int(c): parse_heads(hs) for c, hs in self.salient_by_class.items()}
+        outside = sorted({h for hs in self.salient_by_class.values() for h in hs} - set(self.salient))
+        if outside:
+            raise ValueError(f"{where}: per-class salient heads {[head_label(*h) for h in outside]} are missing from "
+                             "salient (which lists every head some class injects)")
         both = sorted(set(self.spurious) & set(self.salient))
         if both:
             raise ValueError(f"{where}: heads {[head_label(*h) for h in both]} are both spurious and salient; "
@@ -257,6 +269,7 @@ class HeadSelection:
             d.pop("spurious_labels", None)
             d.pop("salient_labels", None)
             d["spurious"], d["salient"] = parse_heads(d["spurious"]), parse_heads(d["salient"])
+            d["salient_by_class"] = {int(c): parse_heads(hs) for c, hs in d.get("salient_by_class", {}).items()}
             sel = cls(**d, table=table)
         except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{path} is not a heads file written by HeadSelection.save ({exc}); "

@@ -104,10 +104,7 @@ def margins(lens: LogitLens, y: Labels, candidates: Candidates | None = None
     masked.scatter_(1, pred[:, None], -torch.inf)
     runner_up = masked.argmax(1)
     comp = torch.where(pred == yt, runner_up, yt)
-    idx_p = pred[:, None, None, None].expand(-1, lens.head.shape[1], lens.head.shape[2], 1)
-    idx_c = comp[:, None, None, None].expand_as(idx_p)
-    m = (lens.head.gather(3, idx_p) - lens.head.gather(3, idx_c)).squeeze(3)
-    return m, pred, comp
+    return lens.head_margins(pred, comp), pred, comp  # streamed lenses: chunked, no per-head class axis
 
 
 def top_head_frequencies(margin: Float[Tensor, "batch layer head"],

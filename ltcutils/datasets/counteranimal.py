@@ -21,6 +21,11 @@ name with those words works (``common``, ``common-water``, ``Counter_grass``, ..
 
 Splits: "common" (used to locate heads and as the reference split), "counter" (evaluation),
 and "all" (both).
+
+Locating: the common split holds no bias-conflicting image, so spurious heads come from another
+dataset's heads file (the paper reuses Waterbirds'; notebook 02's ``heads_from``), and salient
+heads are located per class on the common split and injected by pseudo-class
+(``info["salient_protocol"] = "per_class"``, :mod:`ltcutils.classwise`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ SPLITS = ("common", "counter", "all")
 SPURIOUS_NAMES = ["common", "counter"]
 #: bias-conflicting groups: the counter backgrounds
 CONFLICTING_GROUPS = [1]
+#: salient heads located per class and injected by pseudo-class (ltcutils.classwise)
+SALIENT_PROTOCOL = "per_class"
 IMAGENET_CLASSES_FILE = data_path("imagenet_classes.txt")
 _CLASS_DIR = re.compile(r"^(\d+)[ _](.+)$")
 
@@ -153,6 +160,6 @@ def load_counteranimal(
         spurious_names=SPURIOUS_NAMES, group_names=list(SPURIOUS_NAMES),
         extra={"background": np.array([bg_index[b] for b in bg], dtype=np.int64)},
         info={"root": str(root_p), "source": "CounterAnimal", "classes": sorted(classes),
-              "background_names": names},
+              "background_names": names, "salient_protocol": SALIENT_PROTOCOL},
         skip_bad=skip_bad, conflicting_groups=CONFLICTING_GROUPS,
     )
