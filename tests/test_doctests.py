@@ -10,7 +10,7 @@ import importlib
 import pytest
 
 DOCTESTED = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations", "ltcutils.heads", "ltcutils.lens",
-             "ltcutils.locate", "ltcutils.correct", "ltcutils.baselines", "ltcutils.text", "ltcutils.datasets.registry"]
+             "ltcutils.locate", "ltcutils.correct", "ltcutils.baselines", "ltcutils.text", "ltcutils.datasets.registry", "ltcutils.fairness"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)
