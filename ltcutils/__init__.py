@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "models", "hooked", "activations", "decompose", "store", "datasets", "text", "heads", "locate", "correct",
     "baselines", "metrics", "interpret", "plots", "workbook", "train", "groundtruth", "bench", "lens", "evaluate",
-    "experiment", "capture", "store_writer", "io", "probes", "exercises", "fairness",
+    "experiment", "capture", "store_writer", "io", "probes", "exercises", "classwise", "fairness",
 }
 
 
