@@ -127,7 +127,8 @@ def test_heads_from_another_run_are_reused(tmp_path):
 @pytest.mark.notebook
 def test_counteranimal_runs_with_reused_heads(tmp_path):
     """CounterAnimal as in the paper: spurious heads reused from elsewhere (heads_from), located
-    nowhere here; 1000-way zero-shot over ImageNet class prompts; common -> counter backgrounds."""
+    nowhere here; salient heads located per class on the common split (the default) and injected
+    by pseudo-class; 1000-way zero-shot over ImageNet class prompts; common -> counter backgrounds."""
     from ltcutils.locate import HeadSelection
 
     root = tmp_path / "counteranimal"
@@ -146,6 +147,17 @@ def test_counteranimal_runs_with_reused_heads(tmp_path):
     assert not failed, failed[0].error
     assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2"]
     assert run.metrics["00_explore_benchmark"]["n_images"] == 18
+    # per-class salient heads: one list per class (ImageNet names of indices 1, 296, 100), never the
+    # reused spurious head; the saved selection's salient heads are their union
+    per_class = run.metrics["02_locate_heads"]["salient_per_class"]
+    assert set(per_class) == {"goldfish", "polar bear", "black swan"}
+    assert all(hs and "L3H2" not in hs for hs in per_class.values())
+    saved = HeadSelection.load(tmp_path / "wb" / "heads.json")
+    assert set(saved.labels("salient")) == {h for hs in per_class.values() for h in hs}
+    assert run.metrics["02_locate_heads"]["selection"]["spurious"] == ["L3H2"]
+    # the bank has concept pairs for two of the three classes ("black swan|goose", "polar bear|brown bear")
+    assert run.metrics["04_inject_knowledge"]["n_directions"] >= 2
+    assert {"inject", "ltc"} <= set(run.metrics["05_compare_methods"])
 
 
 CELEBA_BANK = """\
