@@ -5,7 +5,9 @@
 * **Ortho-Cali** (Chuang et al. 2023, "Debiasing Vision-Language Models via Biased Prompts"):
   :func:`ortho_projection`, :func:`ortho_cali` debias the *text classifier* in closed form.
 * **RoboShot** (Adila et al., ICLR 2024, "Zero-Shot Robustification of Zero-Shot Models"):
-  :func:`roboshot` edits the whole *image embedding* along rejected / accepted text directions.
+  :func:`roboshot` edits the whole *image embedding* along rejected / accepted text directions,
+  the same for every image or per image (GenderBias: the directions of the image's own
+  occupation pair, :func:`roboshot_directions`).
 * **Random-head controls**: :func:`random_head_pool` says which heads a control draws from
   (the paper's last 4 layers, minus the located heads; a documented fallback when too few
   remain) and how many distinct sets exist; :func:`random_head_sets` draws them; the ablation itself
@@ -36,6 +38,7 @@ __all__ = [
     "ortho_projection",
     "ortho_cali",
     "roboshot",
+    "roboshot_directions",
     "random_head_sets",
     "random_head_pool",
     "RANDOM_POOL_LAYERS",
@@ -243,8 +246,8 @@ def _basis(dirs: torch.Tensor | None, d: int, what: str) -> torch.Tensor | None:
 
 def roboshot(
     emb: Float[Tensor, "batch d_embed"],
-    reject_dirs: Float[Tensor, "*n_reject _"] | None = None,
-    accept_dirs: Float[Tensor, "*n_accept _"] | None = None,
+    reject_dirs=None,
+    accept_dirs=None,
     device: str | torch.device = "cpu",
 ) -> Float[Tensor, "batch d_embed"]:
     """RoboShot: remove rejected directions from, then amplify accepted directions in, each embedding.
@@ -266,24 +269,80 @@ def roboshot(
 
     Args:
         emb: ``[n, d_embed]`` image embeddings.
-        reject_dirs: ``[r, d_embed]`` spurious directions, or None.
-        accept_dirs: ``[a, d_embed]`` useful directions, or None.
+        reject_dirs: ``[r, d_embed]`` spurious directions, per-image directions
+            (:class:`~ltcutils.correct.ConceptBases`: image ``i`` uses ``bases[index[i]]``; index
+            ``-1`` skips that step for the image), or None.
+        accept_dirs: ``[a, d_embed]`` useful directions, per-image directions, or None.
         device: where to put the result.
 
     Returns:
         ``[n, d_embed]`` float32 unit vectors.
+
+    Raises:
+        ValueError: bad shapes, or per-image directions for another number of images.
     """
     x = torch.as_tensor(emb).detach().double().cpu()
     if x.dim() != 2:
         raise ValueError(f"emb must be [n, d_embed], got shape {tuple(x.shape)}")
     x = F.normalize(x, dim=1)
-    from .correct import inject  # the same step as LTC's paper-mode injection: x + s cos(x, q) q, renormalised
+    from .correct import ConceptBases, inject  # LTC paper-mode injection step: x + s cos(x, q) q, renormalised
 
     for sign, dirs, what in ((-1.0, reject_dirs, "reject"), (1.0, accept_dirs, "accept")):
+        if isinstance(dirs, ConceptBases):
+            if len(dirs.index) != len(x):
+                raise ValueError(f"per-image {what} directions are for {len(dirs.index)} images, got {len(x)} embeddings")
+            x = x.clone()
+            for b in np.unique(dirs.index[dirs.index >= 0]):
+                rows = torch.as_tensor(np.flatnonzero(dirs.index == b))
+                Q = _basis(dirs.bases[int(b)], x.shape[1], what)
+                if Q is not None:
+                    x[rows] = inject(x[rows], Q, strength=sign, renormalize=True)
+            continue
         Q = _basis(dirs, x.shape[1], what)
         if Q is not None:
             x = inject(x, Q, strength=sign, renormalize=True)
     return x.float().to(device)
+
+
+def roboshot_directions(text: dict, class_names: Sequence[str], candidates=None, logits=None) -> tuple:
+    """RoboShot's reject and accept directions for every image of a split, from ``text_directions``.
+
+    A bank's pairs are either one list for every image (``text["roboshot_reject"]``, a
+    ``[k, d_embed]`` tensor) or keyed by class pair (``text["roboshot_reject_keyed"]``): then
+    each image uses its own pair's directions, its two candidate classes (GenderBias: true and
+    paired occupation) or, without candidates, its two highest zero-shot classes
+    (:func:`ltcutils.correct.concept_bases`). Images whose pair has no entry skip that step
+    (a warning gives the count).
+
+    Args:
+        text: :func:`ltcutils.text.text_directions`' dict (or ``prepared_text``'s).
+        class_names: ``[n_class]`` the global class order.
+        candidates: ``[n, 2]`` candidate classes per image, or None.
+        logits: ``[n, n_class]`` zero-shot logits, used when ``candidates`` is None.
+
+    Returns:
+        ``(reject, accept)``: each a ``[k, d_embed]`` tensor, per-image
+        :class:`~ltcutils.correct.ConceptBases`, or None (no such pairs).
+    """
+    import warnings
+
+    from .correct import concept_bases
+
+    out = []
+    for kind in ("reject", "accept"):
+        plain, keyed = text.get(f"roboshot_{kind}"), text.get(f"roboshot_{kind}_keyed")
+        if plain is not None or not keyed:
+            out.append(plain)
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bases = concept_bases(keyed, class_names, candidates=candidates, logits=logits)
+        if caught:
+            missing = int((bases.index < 0).sum())
+            warnings.warn(f"RoboShot: {missing} of {len(bases.index)} images have no {kind} pairs for their class "
+                          f"pair; they skip the {kind} step", stacklevel=2)
+        out.append(bases)
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- random heads

@@ -62,6 +62,12 @@ class EvalSplit:
     rows: np.ndarray | None = None  # index of each image in its store (skipped images are left out)
     meta: dict = field(default_factory=dict, repr=False)  # the store's meta: what the dataset says of itself
 
+    @property
+    def has_class_label(self) -> bool:
+        """False for a dataset with no class to predict (FairFace: ``y`` are placeholders; its
+        faces are ranked by concept prompts, :mod:`ltcutils.fairness`)."""
+        return (self.meta.get("dataset_info") or {}).get("has_class_label") is not False
+
     def conflicting_groups(self) -> list[int]:
         """The dataset's bias-conflicting group ids (:func:`ltcutils.locate.conflicting_groups`)."""
         from .locate import conflicting_groups
@@ -122,6 +128,12 @@ class EvalSplit:
         """
         from .locate import LocateError, conflicting_groups
 
+        if not self.has_class_label:
+            msg = (f"{self.name} has no class label, so there is no accuracy to check against chance; its concept "
+                   "rankings are read by MaxSkew@k (notebooks 00 and 05)")
+            print(msg)
+            return {"aligned_acc": float("nan"), "zero_shot_acc": float("nan"), "chance": float("nan"),
+                    "no_signal": False, "message": msg}
         k = self.lens.n_class if self.candidates is None else np.asarray(self.candidates).shape[1]
         chance = 100.0 / k
         right = self.predict(self.lens.logits()) == self.y
@@ -252,8 +264,8 @@ def methods_table(
     selection_full: HeadSelection | None = None,
     selection_threshold: HeadSelection | None = None,
     ortho_classifier: torch.Tensor | None = None,
-    roboshot_reject: torch.Tensor | None = None,
-    roboshot_accept: torch.Tensor | None = None,
+    roboshot_reject=None,
+    roboshot_accept=None,
     textspan_heads: Sequence[tuple[int, int]] | None = None,
     random_layers: Sequence[int] | None = None,
     n_random: int = 50,
@@ -277,7 +289,8 @@ def methods_table(
             reference: 1/K heads, unit-norm injection, means from ``reference``) with its own
             random control, "random (paper recipe)".
         ortho_classifier: Ortho-Cali's debiased classifier ``[d_embed, n_class]``.
-        roboshot_reject, roboshot_accept: RoboShot's direction sets ``[k, d_embed]``.
+        roboshot_reject, roboshot_accept: RoboShot's direction sets ``[k, d_embed]``, or per image
+            (:func:`ltcutils.baselines.roboshot_directions`: GenderBias's occupation-pair directions).
         textspan_heads: heads for the TextSpan row.
         random_layers: layers random heads may come from (default: every captured layer);
             pool_layers: of those, the last ``pool_layers`` form the pool (default 4, the
@@ -327,7 +340,9 @@ def methods_table(
         add("Ortho-Cali", split.lens.total @ ortho_classifier.float(), "debiased text classifier (Chuang et al. 2023)")
     if roboshot_reject is not None or roboshot_accept is not None:
         emb = baselines.roboshot(split.lens.total, roboshot_reject, roboshot_accept)
-        add("RoboShot", emb @ split.lens.classifier, "reject / accept text directions on the whole embedding")
+        per_pair = any(not torch.is_tensor(d) and d is not None for d in (roboshot_reject, roboshot_accept))
+        add("RoboShot", emb @ split.lens.classifier, "reject / accept text directions on the whole embedding"
+            + (" (each image's class-pair directions)" if per_pair else ""))
     if textspan_heads:
         ts = Correction.mean_ablation(textspan_heads, means, split.terms.layers, reference)
         add("TextSpan", corrected_logits(split.lens, ts, split.terms), "mean-ablate the heads TextSpan names",

@@ -49,7 +49,8 @@ import yaml
 from .resources import data_path
 
 __all__ = ["PromptBank", "load_prompt_bank", "PROMPT_DIR", "zero_shot_classifier", "embed_prompts",
-           "pair_directions", "text_directions", "bank_hash", "prepared_text", "text_cache_path", "TEXT_CACHE_VERSION"]
+           "pair_directions", "text_directions", "KEYED_KINDS", "bank_hash", "prepared_text", "text_cache_path",
+           "TEXT_CACHE_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,9 @@ def pair_directions(model, pairs: Sequence[Pair]) -> torch.Tensor:
     return a - b
 
 
-def _warn_keyed_roboshot(bank: PromptBank, stacklevel: int) -> None:
-    import warnings
-
-    keyed = [k for k in ("roboshot_reject", "roboshot_accept") if isinstance(getattr(bank, k), dict)]
-    if keyed:
-        warnings.warn(f"{bank.dataset}: {keyed} pairs are keyed by class pair; RoboShot with per-image directions "
-                      "is not implemented, so RoboShot is left out of the table", stacklevel=stacklevel)
+#: text_directions' per-class-pair entries -> the bank attribute they come from
+KEYED_KINDS = {"injection_keyed": "injection", "roboshot_reject_keyed": "roboshot_reject",
+               "roboshot_accept_keyed": "roboshot_accept"}
 
 
 def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: float = 1000.0) -> dict:
@@ -204,9 +201,11 @@ def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: floa
     Returns:
         a dict with ``ortho_classifier [d_embed, n_class]`` (None without Ortho-Cali prompts),
         ``roboshot_reject`` / ``roboshot_accept [k, d_embed]`` (None when the bank has no
-        pairs), ``injection_basis [r, d_embed]`` (orthonormal; None without a plain list of
-        injection pairs) and ``injection_keyed`` (``{"classA|classB": basis}`` for banks keyed
-        by class pair, else None; per-image bases: :func:`ltcutils.correct.concept_bases`).
+        pairs, or when they are keyed by class pair), ``injection_basis [r, d_embed]``
+        (orthonormal; None without a plain list of injection pairs) and, for pairs keyed by class
+        pair, ``injection_keyed`` / ``roboshot_reject_keyed`` / ``roboshot_accept_keyed``
+        (``{"classA|classB": orthonormal basis}``, else None; per-image bases:
+        :func:`ltcutils.correct.concept_bases`, :func:`ltcutils.baselines.roboshot_directions`).
         Tensors are on the CPU.
     """
     from itertools import combinations
@@ -216,11 +215,10 @@ def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: floa
 
     out: dict = {"ortho_classifier": None, "roboshot_reject": None, "roboshot_accept": None, "injection_basis": None}
     classifier = classifier.cpu()
-    _warn_keyed_roboshot(bank, stacklevel=3)
-    out["injection_keyed"] = None
-    if isinstance(bank.injection, dict) and bank.injection:
-        out["injection_keyed"] = {key: orthonormal_basis(pair_directions(model, pairs).cpu())
-                                  for key, pairs in bank.injection.items() if pairs}
+    for name, kind in KEYED_KINDS.items():  # pairs keyed by class pair: one orthonormal basis per pair
+        raw = getattr(bank, kind)
+        out[name] = ({key: orthonormal_basis(pair_directions(model, pairs).cpu()) for key, pairs in raw.items() if pairs}
+                     if isinstance(raw, dict) and raw else None)
     if bank.ortho_spurious and bank.ortho_candidates:
         spur = model.encode_text(bank.ortho_spurious)
         zi, zj = [], []
@@ -244,8 +242,7 @@ def text_directions(model, bank: PromptBank, classifier: torch.Tensor, lam: floa
 # ----------------------------------------------------------------------------- on-disk cache
 
 #: bump when what :func:`prepared_text` computes changes (old cache files are then recomputed)
-TEXT_CACHE_VERSION = 1
-_KEYED = "injection_keyed/"
+TEXT_CACHE_VERSION = 2
 _PLAIN = ("classifier", "spurious_classifier", "ortho_classifier", "roboshot_reject", "roboshot_accept",
           "injection_basis")
 
@@ -299,10 +296,10 @@ def _write_text_cache(path: Path, text: dict, meta: dict[str, str]) -> None:
     from .io import atomic_write
 
     tensors = {k: text[k].detach().float().cpu().contiguous() for k in _PLAIN if text.get(k) is not None}
-    keyed = text.get("injection_keyed") or {}
-    tensors.update({_KEYED + k: v.detach().float().cpu().contiguous() for k, v in keyed.items()})
-    meta = dict(meta, keyed=json.dumps(list(keyed)), has_keyed=str(text.get("injection_keyed") is not None))
-    atomic_write(path, save(tensors, metadata=meta))
+    keyed = {name: list(text[name]) for name in KEYED_KINDS if text.get(name) is not None}
+    for name, keys in keyed.items():
+        tensors.update({f"{name}/{k}": text[name][k].detach().float().cpu().contiguous() for k in keys})
+    atomic_write(path, save(tensors, metadata=dict(meta, keyed=json.dumps(keyed))))
 
 
 def _read_text_cache(path: Path, meta: dict[str, str], bank: PromptBank) -> dict:
@@ -318,9 +315,12 @@ def _read_text_cache(path: Path, meta: dict[str, str], bank: PromptBank) -> dict
     wrong = {k: (got.get(k), v) for k, v in meta.items() if got.get(k) != v}
     if wrong:
         raise ValueError(f"made for other inputs: {wrong}")
-    keyed_names = json.loads(got.get("keyed", "[]"))
-    expected = {k for k in tensors if not k.startswith(_KEYED)} | {_KEYED + k for k in keyed_names}
-    if "classifier" not in tensors or set(tensors) != expected:
+    keyed = json.loads(got.get("keyed", "{}"))
+    if not isinstance(keyed, dict) or set(keyed) - set(KEYED_KINDS):
+        raise ValueError(f"lists unknown keyed entries {keyed!r}")
+    plain = {k for k in tensors if "/" not in k}
+    expected = plain | {f"{name}/{k}" for name, keys in keyed.items() for k in keys}
+    if "classifier" not in tensors or set(tensors) != expected or plain - set(_PLAIN):
         raise ValueError(f"incomplete: holds {sorted(tensors)}")
     W = tensors["classifier"]
     if W.dim() != 2 or W.shape[1] != len(bank.class_names):
@@ -330,8 +330,8 @@ def _read_text_cache(path: Path, meta: dict[str, str], bank: PromptBank) -> dict
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise ValueError("holds non-finite values")
     out: dict = {k: tensors.get(k) for k in _PLAIN}
-    out["injection_keyed"] = ({k: tensors[_KEYED + k] for k in keyed_names} if got.get("has_keyed") == "True"
-                              else None)
+    out.update({name: ({k: tensors[f"{name}/{k}"] for k in keyed[name]} if name in keyed else None)
+                for name in KEYED_KINDS})
     return out
 
 
@@ -359,9 +359,7 @@ def prepared_text(model, bank: PromptBank, cache_dir: str | Path | None = None, 
     meta = _cache_meta(model, bank, lam)
     if path.is_file():
         try:
-            text = _read_text_cache(path, meta, bank)
-            _warn_keyed_roboshot(bank, stacklevel=3)  # what computing them would have said
-            return text
+            return _read_text_cache(path, meta, bank)
         except ValueError as exc:
             log.warning("text cache %s is %s; recomputing it", path, exc)
     text = _compute_text(model, bank, lam)

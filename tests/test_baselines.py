@@ -220,3 +220,38 @@ def test_mean_and_sd_by_hand():
     assert m1 == 7.0 and math.isnan(sd1)
     with pytest.raises(ValueError):
         B.mean_and_sd([])
+
+
+def test_roboshot_with_per_image_directions_by_hand():
+    """Each image uses its own class pair's directions (ConceptBases); index -1 skips the step."""
+    from ltcutils.correct import ConceptBases
+
+    emb = torch.tensor([[3.0, 4.0, 0.0], [3.0, 4.0, 0.0], [0.0, 3.0, 4.0]])
+    reject = ConceptBases([torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])], [0, 1, -1])
+    out = B.roboshot(emb, reject_dirs=reject)
+    # image 0 loses its e_0 part -> e_1; image 1 loses e_1 -> e_0; image 2 is only normalised
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]))
+    # a shared reject list then per-image accept steps equal the shared RoboShot of each image alone
+    shared = torch.tensor([[0.0, 0.0, 1.0]])
+    accept = ConceptBases([torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])], [1, 0, 0])
+    both = B.roboshot(emb, shared, accept)
+    for i, b in enumerate([1, 0, 0]):
+        torch.testing.assert_close(both[i:i + 1], B.roboshot(emb[i:i + 1], shared, accept.bases[b]))
+    with pytest.raises(ValueError, match="for 3 images, got 2"):
+        B.roboshot(emb[:2], reject_dirs=reject)
+
+
+def test_roboshot_directions_from_plain_and_pair_keyed_banks():
+    names = ["nurse", "surgeon", "pilot"]
+    plain = torch.eye(4)[[0]]
+    text = {"roboshot_reject": plain, "roboshot_reject_keyed": None, "roboshot_accept": None,
+            "roboshot_accept_keyed": {"surgeon|nurse": torch.eye(4)[[1]], "pilot|nurse": torch.eye(4)[[2]]}}
+    with pytest.warns(UserWarning, match="1 of 3 images have no accept pairs"):
+        rej, acc = B.roboshot_directions(text, names, candidates=np.array([[0, 1], [2, 0], [1, 2]]))
+    assert rej is plain
+    assert acc.index.tolist() == [0, 1, -1] and acc.keys == ["surgeon|nurse", "pilot|nurse"]
+    # without candidates, the two highest zero-shot classes form the pair
+    with pytest.warns(UserWarning, match="1 of 2 images"):  # surgeon|pilot has no pairs, nurse|pilot has
+        _, acc = B.roboshot_directions(text, names, logits=torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 2.0]]))
+    assert acc.index.tolist() == [-1, 1]
+    assert B.roboshot_directions({}, names) == (None, None)

@@ -88,3 +88,19 @@ def test_rows_use_each_images_candidates(world):
     # with candidates, a class outside an image's set can never be predicted (global indices kept)
     split.candidates = np.array([[1, 1]] * 4 + [[0, 1]] * 4)
     assert split.predict(split.lens.logits()).tolist() == [1, 1, 1, 1, 0, 1, 1, 1]
+
+
+def test_roboshot_row_with_per_image_directions(world):
+    """Per-image directions (GenderBias's occupation pairs) feed the same RoboShot row: with every image on
+    the accept direction e_1 it is the shared row of test_each_row_by_hand; images without a pair (-1)
+    are only normalised, i.e. zero-shot."""
+    from ltcutils.correct import ConceptBases
+
+    split, sel, means = world
+    accept = ConceptBases([torch.tensor([[0.0, 1.0]])], np.zeros(8, dtype=np.int64), ["a|b"])
+    table, details = methods_table(split, sel, means, "test", roboshot_accept=accept, n_random=0, ci=False)
+    assert details["pred"]["RoboShot"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert "class-pair" in table.loc["RoboShot", "what"]
+    none = ConceptBases([torch.tensor([[0.0, 1.0]])], -np.ones(8, dtype=np.int64), ["a|b"])
+    _, d0 = methods_table(split, sel, means, "test", roboshot_accept=none, n_random=0, ci=False)
+    assert d0["pred"]["RoboShot"].tolist() == d0["pred"]["zero-shot"].tolist()

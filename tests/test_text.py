@@ -125,12 +125,26 @@ def test_evaluate_text_directions_is_a_deprecated_alias(bank):
     _same(old, text_directions(m, bank, W))
 
 
-def test_cached_banks_still_say_what_is_left_out(tmp_path):
-    bank = load_prompt_bank("genderbias")  # RoboShot pairs keyed by occupation pair
+def test_pair_keyed_roboshot_directions_are_prepared_and_cached(tmp_path):
+    """GenderBias keys its RoboShot accept pairs (and injection pairs) by occupation pair and shares one
+    reject list: the keyed ones become one orthonormal basis per pair, and the cache keeps them."""
+    import warnings
+
+    from ltcutils.correct import orthonormal_basis
+    from ltcutils.text import pair_directions
+
+    bank = load_prompt_bank("genderbias")
     m = FakeTextModel()
-    with pytest.warns(UserWarning, match="RoboShot is left out"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out any more, so nothing to warn about
         fresh = prepared_text(m, bank, tmp_path)
-    with pytest.warns(UserWarning, match="RoboShot is left out"):
-        cached = prepared_text(m, bank, tmp_path)
-    assert m.calls > 0 and fresh["injection_keyed"] and list(cached["injection_keyed"]) == list(fresh["injection_keyed"])
+    assert fresh["roboshot_accept"] is None and fresh["roboshot_reject_keyed"] is None
+    assert fresh["roboshot_reject"].shape == (len(bank.roboshot_reject), m.d)
+    key = "Aircraft pilot|Flight attendant"
+    assert list(fresh["roboshot_accept_keyed"]) == list(bank.roboshot_accept) and key in fresh["roboshot_accept_keyed"]
+    expected = orthonormal_basis(pair_directions(m, bank.roboshot_accept[key]))
+    assert torch.allclose(fresh["roboshot_accept_keyed"][key], expected)
+    m.calls = 0
+    cached = prepared_text(m, bank, tmp_path)
+    assert m.calls == 0
     _same(cached, fresh)
