@@ -2,7 +2,7 @@
 
     python -m ltcutils.bench decompose --model ViT-B-16 --batch 16 --reps 3
     python -m ltcutils.bench locate [--n 5794 --layers 12 --heads 12 --d-embed 512]
-    python -m ltcutils.bench capture [--model ViT-B-32 --n 256 --reps 3 --workers auto]
+    python -m ltcutils.bench capture [--model ltc-tiny --n 1000 --reps 5 --workers auto]
     python -m ltcutils.bench all
 
 ``decompose`` interleaves plain open_clip ``encode_image`` and the hooked decomposition on the
@@ -244,6 +244,12 @@ def _torchrun_capture(k: int, model_name: str, root: Path, out: Path, batch: int
     return float(json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])["img_per_s"])
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers, torchrun ranks)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def bench_capture(model_name: str, n: int, reps: int, batch: int, workers: str, threads: int, device: str,
                   precision: str, dist: bool = True) -> dict:
     """Interleaved images/s of (a) DataLoader + encode_image, (b) capture, (c) serial capture; 1 vs 2 ranks."""
@@ -266,22 +272,33 @@ def bench_capture(model_name: str, n: int, reps: int, batch: int, workers: str, 
             "b_capture": lambda: _capture_pass(m, ds, Path(tmp) / "b", batch, w, precision),
             "c_serial_capture": lambda: _capture_pass(m, ds, Path(tmp) / "c", batch, 0, precision),
         }
-        order = list(passes)
+        for k in ("one_process", "two_processes"):
+            passes[k] = (lambda k=k: _torchrun_capture(1 if k == "one_process" else 2, model_name, root,
+                                                       Path(tmp) / k, batch, threads, device, precision))
+        order = list(passes)[:3]
+        cpu: dict[str, list[float]] = {k: [] for k in order}  # torchrun runs would count their start-up too
+
+        def run(r: int, key: str) -> None:
+            c0 = _cpu_seconds()
+            runs[key].append(passes[key]())
+            if key in cpu:
+                cpu[key].append((_cpu_seconds() - c0) / n * 1e3)
+            print(f"rep {r}: {key} {runs[key][-1]:.2f} img/s" + (f", {cpu[key][-1]:.2f} CPU ms/img" if key in cpu
+                  else "") + f" (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
+
         for r in range(reps):
             for key in order[r % 3:] + order[:r % 3]:  # rotate so no pass always runs first
-                runs[key].append(passes[key]())
-                print(f"rep {r}: {key} {runs[key][-1]:.2f} img/s (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
+                run(r, key)
             if dist:
-                for k, key in ((1, "one_process"), (2, "two_processes"))[::(1 if r % 2 == 0 else -1)]:
-                    runs[key].append(_torchrun_capture(k, model_name, root, Path(tmp) / f"d{k}", batch, threads,
-                                                       device, precision))
-                    print(f"rep {r}: {key} {runs[key][-1]:.2f} img/s (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
+                for key in ("one_process", "two_processes")[::(1 if r % 2 == 0 else -1)]:
+                    run(r, key)
     ratio = lambda x, y: [p / q for p, q in zip(runs[x], runs[y])]  # noqa: E731
     res = {"model": model_name, "weights": "random", "n_images": n, "image_px": "300-500 JPEG q90", "batch": batch,
            "workers": w, "threads_per_process": threads, "device": device, "precision": precision, "reps": reps,
            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
            "loadavg_before": load0, "loadavg_after": os.getloadavg(), "img_per_s": runs,
            "median_img_per_s": {k: float(np.median(v)) for k, v in runs.items() if v},
+           "cpu_ms_per_img": cpu, "median_cpu_ms_per_img": {k: float(np.median(v)) for k, v in cpu.items() if v},
            "b_over_a_per_rep": ratio("b_capture", "a_plain_dataloader"),
            "b_over_c_per_rep": ratio("b_capture", "c_serial_capture")}
     if dist:
@@ -299,6 +316,8 @@ def _print_capture(r: dict) -> None:
           f"{r['loadavg_after'][0]:.2f}")
     print(f"img/s median: (a) plain+DataLoader {med['a_plain_dataloader']:.2f}  (b) capture {med['b_capture']:.2f}  "
           f"(c) serial capture {med['c_serial_capture']:.2f}")
+    cpu = r["median_cpu_ms_per_img"]
+    print("CPU ms/img median (all processes): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     print(f"(b)/(a) median {r['b_over_a_median']:.3f} (per rep {f(r['b_over_a_per_rep'])}); "
           f"(b)/(c) median {r['b_over_c_median']:.3f} (per rep {f(r['b_over_c_per_rep'])})")
     if "two_over_one_median" in r:
@@ -323,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     lo.add_argument("--heads", type=int, default=12)
     lo.add_argument("--d-embed", type=int, default=512)
     cp = sub.add_parser("capture", help="DataLoader-fed encode_image vs capture vs serial capture; 2 vs 1 process")
-    cp.add_argument("--model", default="ViT-B-32")
+    cp.add_argument("--model", default="ltc-tiny", help="ltc-tiny (the acceptance figure) or an open_clip name")
     cp.add_argument("--n", type=int, default=256, help="images in the fabricated folder")
     cp.add_argument("--reps", type=int, default=3)
     cp.add_argument("--batch", type=int, default=32)

@@ -11,7 +11,8 @@ from PIL import Image
 
 import ltcutils as ltc
 from conftest import make_fake_dataset
-from ltcutils.capture import PRECISIONS, SERIAL_BELOW, TOLERANCE, _device, _loader, _Images, capture, default_workers
+from ltcutils.capture import (PRECISIONS, SERIAL_BELOW, SERIAL_BELOW_SPAWNED, TOLERANCE, _device, _Images, _loader,
+                              capture, default_workers)
 from ltcutils.datasets.base import DatasetError, GroupDataset
 from ltcutils.store import ActivationStore, StoreMismatchError
 
@@ -84,7 +85,11 @@ def test_bad_image_in_a_worker_raises_naming_it_and_keeps_finished_shards(tiny, 
 
 
 def test_default_workers(monkeypatch):
-    assert default_workers(SERIAL_BELOW - 1) == 0
+    assert default_workers(SERIAL_BELOW - 1, "fork") == 0
+    assert default_workers(SERIAL_BELOW, "fork") >= 1
+    assert default_workers(SERIAL_BELOW, "spawn") == 0  # a spawned worker re-imports torch first
+    assert default_workers(SERIAL_BELOW_SPAWNED, "forkserver") >= 1
+    monkeypatch.setattr(ltc.capture, "mp_start_method", lambda: "fork")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_workers(10_000) == 1  # two cores: one forward, one decoding
