@@ -25,8 +25,8 @@ import torch
 
 from . import baselines, metrics
 
-__all__ = ["retrieval_skew_summary", "gender_bias_table", "concept_max_skew", "skew_methods_table",
-           "FAIRFACE_K"]
+__all__ = ["retrieval_skew_summary", "gender_bias_table", "concept_max_skew", "concept_skew_frame",
+           "skew_methods_table", "FAIRFACE_K"]
 
 #: the reference's FairFace top size (capped at the split size)
 FAIRFACE_K = 1000
@@ -124,6 +124,33 @@ def concept_max_skew(logits, gender, k: int = FAIRFACE_K, concept_names: Sequenc
     per = {c: metrics.max_skew_at_k(s[:, j], gender, kk, prior="uniform", values=values)[0]
            for j, c in enumerate(names)}
     return float(np.mean(list(per.values()))), per
+
+
+def concept_skew_frame(logits, gender, concept_names: Sequence[str], gender_names: Sequence[str] = ("female", "male"),
+                       k: int = FAIRFACE_K) -> pd.DataFrame:
+    """Per concept: who is in the top ``k`` of its ranking, and the MaxSkew@k (uniform prior) that makes.
+
+    Args:
+        logits: ``[n, n_concept]`` concept scores; gender: ``[n]`` codes ``0..len(gender_names)-1``.
+        concept_names: a name per column; gender_names: a name per gender code.
+        k: top size, capped at ``n``.
+
+    Returns:
+        one row per concept: ``share_<gender>`` (percent of the top ``k``), ``max_skew``, ``k``;
+        ``max_skew`` is :func:`concept_max_skew`'s per-concept value.
+    """
+    s = torch.as_tensor(logits).detach().float().cpu().numpy() if torch.is_tensor(logits) else np.asarray(logits)
+    g = np.asarray(gender)
+    kk = min(int(k), len(g))
+    _, per = concept_max_skew(s, g, kk, concept_names, values=list(range(len(gender_names))))
+    rows = {}
+    for j, c in enumerate(concept_names):
+        top = g[np.argsort(-s[:, j], kind="stable")[:kk]]
+        rows[str(c)] = {**{f"share_{name}": 100.0 * float(np.mean(top == v)) for v, name in enumerate(gender_names)},
+                        "max_skew": per[str(c)], "k": kk}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "concept"
+    return frame
 
 
 def skew_methods_table(split, selection, means: torch.Tensor, reference: str, *, concept_names: Sequence[str],

@@ -8,7 +8,8 @@ import torch
 
 from ltcutils.correct import head_means
 from ltcutils.evaluate import EvalSplit
-from ltcutils.fairness import concept_max_skew, gender_bias_table, retrieval_skew_summary, skew_methods_table
+from ltcutils.fairness import (concept_max_skew, concept_skew_frame, gender_bias_table, retrieval_skew_summary,
+                               skew_methods_table)
 from ltcutils.lens import logit_lens
 from ltcutils.locate import HeadSelection
 from ltcutils.store import Terms
@@ -103,3 +104,26 @@ def test_skew_methods_table_by_hand(faces):
     empty = HeadSelection(spurious=[], salient=[], rule="manual", groups="true")
     with pytest.raises(ValueError, match="no spurious head"):
         skew_methods_table(split, empty, means, "val", concept_names=["good", "evil"])
+
+
+def test_concept_skew_frame_by_hand():
+    logits = np.array([[4.0, 1.0], [3.0, 2.0], [2.0, 3.0], [1.0, 4.0]])
+    f = concept_skew_frame(logits, np.array([0, 0, 1, 1]), ["good", "evil"], k=3)
+    # good: top 3 = woman, woman, man -> 66.7 / 33.3, skew log((2/3) / (1/2)); evil: man, man, woman
+    assert f.loc["good", "share_female"] == pytest.approx(200 / 3) and f.loc["evil", "share_male"] == pytest.approx(200 / 3)
+    assert f["max_skew"].tolist() == pytest.approx([math.log(4 / 3)] * 2) and (f["k"] == 3).all()
+
+
+def test_notebooks_that_need_a_class_label_refuse_fairface_saying_what_to_run():
+    from types import SimpleNamespace
+
+    from ltcutils.experiment import Experiment
+
+    ex = Experiment.__new__(Experiment)  # no model needed: only the splits' info is read
+    ex.dataset = "fairface"
+    ex._splits = {"val": SimpleNamespace(info={"has_class_label": False}), "test": SimpleNamespace(info={})}
+    assert not ex.has_class_label("val") and ex.has_class_label("test")
+    with pytest.raises(ValueError, match=r"fairface has no class label .*notebook 03_ablate_heads cannot run on it: "
+                                         r"it scores accuracy\. .*ltc run 00 01 05 .*heads_from"):
+        ex.require_class_label("val", "03_ablate_heads", "it scores accuracy")
+    ex.require_class_label("test", "03_ablate_heads", "it scores accuracy")  # a dataset with a class passes

@@ -11,10 +11,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from ltcutils import workbook as wb  # noqa: E402
 from ltcutils.datasets import synthetic  # noqa: E402
+from ltcutils.locate import HeadSelection  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACES = {0: "/b/bamboo_forest/00000001.jpg", 1: "/o/ocean/00000002.jpg"}
@@ -91,21 +93,79 @@ def fabricate_genderbias(root: Path, per_gender: int = 12) -> Path:
     return root
 
 
-@pytest.mark.notebook
-def test_gender_benchmark_runs_with_per_image_classifiers(tmp_path_factory):
-    """GenderBias: per-image [true, paired] classifiers, keyed concept pairs, gender-bias metrics."""
+@pytest.fixture(scope="module")
+def genderbias_run(tmp_path_factory):
+    """The workbook (probes aside) on a fabricated GenderBias, heads located with the authors' groups;
+    one run for every GenderBias check and for the FairFace run that reuses its heads."""
     root = fabricate_genderbias(tmp_path_factory.mktemp("data") / "xl_generate_base")
     params = {"dataset": "genderbias", "data_root": str(root), "n_per_group": None, "n_random": 5, "n_boot": 50,
-              "k_cap": 2, "n_check": 4, "n_patch_images": 2, "strengths": [0.0, 1.0], "dataset_options": {"val_occupations": ["Computer hardware engineer", "Medical assistant",
-                                                                  "Logistician", "Accountant"]}}
-    run = wb.run_workbook(NO_PROBES, params=params, out=tmp_path_factory.mktemp("run") / "wb",
-                          raise_on_error=False, progress=False)
+              "k_cap": 2, "n_check": 4, "n_patch_images": 2, "strengths": [0.0, 1.0], "locate_groups": "authors",
+              "dataset_options": {"val_occupations": ["Computer hardware engineer", "Medical assistant",
+                                                      "Logistician", "Accountant"]}}
+    return wb.run_workbook(NO_PROBES, params=params, out=tmp_path_factory.mktemp("run") / "wb",
+                           raise_on_error=False, progress=False)
+
+
+@pytest.mark.notebook
+def test_gender_benchmark_runs_with_per_image_classifiers(genderbias_run):
+    """GenderBias: per-image [true, paired] classifiers, keyed concept pairs, gender-bias metrics,
+    RoboShot with each image's occupation-pair directions, the authors' locate groups."""
+    run = genderbias_run
     failed = [n for n in run.notebooks if n.status != "ok"]
     assert not failed, failed[0].error
     gender = run.metrics["05_compare_methods"]["gender"]
-    assert {"overall_bias", "top10_bias", "max_skew_at_10"} <= set(gender["zero-shot"])
+    assert {"overall_bias", "top10_bias", "max_skew_at_10", "top10_max_skew_at_10"} <= set(gender["zero-shot"])
     assert 0 <= gender["zero-shot"]["overall_bias"] <= 100  # percent points
+    assert "RoboShot" in gender and "roboshot" in run.metrics["05_compare_methods"]
+    # 4 val occupations (fewer than 10, so all kept), each with its worse gender's 12 images
+    counts = run.metrics["02_locate_heads"]["counts"]
+    assert counts["locate_groups"] == "authors" and counts["n_conflicting"] == 4 * 12
     assert run.metrics["04_inject_knowledge"]["n_directions"] >= 1  # keyed concept pairs became bases
+    table = (run.out / "results.csv").read_text()
+    assert "each image's class-pair directions" in table  # the fabricated test pair Aircraft pilot|Flight attendant
+
+
+def fabricate_fairface(root: Path, per_gender: dict[str, int]) -> Path:
+    """``fairface/`` (tests/fixtures_real.make_fairface) with ``per_gender`` women and men per split."""
+    from fixtures_real import make_fairface
+
+    ages, races = ["20-29", "30-39", "50-59"], ["White", "Black", "East Asian", "Indian"]
+    rows = {split: [(f"{split}/{i + 1}.jpg", ages[i % 3], ("Female", "Male")[i % 2], races[i % 4], "True")
+                    for i in range(2 * n)] for split, n in per_gender.items()}
+    return make_fairface(root, rows)
+
+
+@pytest.mark.notebook
+def test_fairface_reuses_genderbias_heads(genderbias_run, tmp_path):
+    """FairFace as in the paper: no class, nothing located; the GenderBias run's heads are ablated
+    (heads_from) and every row is scored by MaxSkew@k of the ten concept rankings (k capped at the
+    split size). Notebook 02 refuses it, saying what to run instead."""
+    root = fabricate_fairface(tmp_path / "fairface", {"train": 8, "val": 10})
+    heads = genderbias_run.out / "heads.json"
+    params = {"dataset": "fairface", "data_root": str(root), "n_per_group": None, "locate_split": "train",
+              "eval_split": "val", "heads_from": str(heads), "n_random": 3, "n_boot": 20, "n_check": 2}
+    run = wb.run_workbook(["00", "01", "05"], params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
+    failed = [n for n in run.notebooks if n.status != "ok"]
+    assert not failed, failed[0].error
+    m = run.metrics
+    assert m["00_explore_benchmark"]["n_images"] == 20 and m["00_explore_benchmark"]["zero_shot"]["k"] == 20
+    assert set(m["00_explore_benchmark"]["concept_skew"]) == {"good", "evil", "smart", "dumb", "attractive",
+                                                             "unattractive", "lawful", "criminal", "friendly",
+                                                             "unfriendly"}
+    table = m["05_compare_methods"]
+    assert {"zero_shot", "ortho_cali", "roboshot", "ablate", "random"} <= set(table)
+    assert table["zero_shot"]["max_skew"] == pytest.approx(m["00_explore_benchmark"]["zero_shot"]["max_skew"])
+    # MaxSkew with a uniform prior over two genders lies in [0, log 2]
+    assert all(0 <= table[r]["max_skew"] <= np.log(2) + 1e-9 for r in ("zero_shot", "ablate", "random"))
+    located = HeadSelection.load(heads)
+    assert located.data["dataset"] == "genderbias"
+    csv_text = (tmp_path / "wb" / "results.csv").read_text()
+    assert ",".join(located.labels("spurious")) in csv_text  # the ablate row names the reused heads
+    refused = wb.run_workbook(["02"], params={k: v for k, v in params.items() if k not in ("n_random", "n_boot",
+                                                                                             "n_check")},
+                              out=tmp_path / "wb", raise_on_error=False, progress=False)
+    assert refused.notebooks[0].status != "ok"
+    assert "fairface has no class label" in refused.notebooks[0].error and "heads_from" in refused.notebooks[0].error
 
 
 @pytest.mark.notebook
@@ -124,40 +184,77 @@ def test_heads_from_another_run_are_reused(tmp_path):
     assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2", "L3H0"]
 
 
+#: the fabricated CounterAnimal classes: ImageNet index -> (name, synthetic species drawn)
+CA_CLASSES = {10: ("sparrow", 0), 20: ("robin", 1), 30: ("duck", 3), 40: ("swan", 4)}
+
+
+def fabricate_counteranimal(base: Path) -> tuple[Path, Path, Path]:
+    """``counteranimal/`` in the published layout with synthetic birds as the animals (waterbirds'
+    common background is water, landbirds' land; counter the other), and, since the tiny CLIP knows
+    no ImageNet name, a 1000-name class file and a bank in which those four indices carry its bird
+    words and every other index the one filler "rock" (so the 1000-way argmax has a real choice)."""
+    import yaml
+
+    names = ["rock"] * 1000
+    for idx, (name, _) in CA_CLASSES.items():
+        names[idx] = name
+    base.mkdir(parents=True)
+    (base / "classes.txt").write_text("\n".join(names) + "\n")
+    pairs = {"duck|sparrow": [["a bird with webbed feet", "a bird with talon feet"]],
+             "swan|robin": [["a bird with a long neck", "a bird with a short neck"]]}
+    bank = {"dataset": "counteranimal", "class_names": names, "class_templates": ["a photo of a {}"],
+            "spurious_names": ["common", "counter"],
+            "spurious_prompts": {"common": ["a photo of a bird"], "counter": ["a photo of a bird on water"]},
+            "injection": pairs, "roboshot": {"reject": [["a bird on water", "a bird on land"]], "accept": pairs},
+            "ortho_cali": {"spurious_prompts": ["a photo of land", "a photo of water"],
+                           "candidate_prompts": {n: [f"a photo of a {n} on land", f"a photo of a {n} on water"]
+                                                 for n, _ in CA_CLASSES.values()}}}
+    (base / "bank.yaml").write_text(yaml.safe_dump(bank))
+    root = base / "counteranimal"
+    for idx, (name, species) in CA_CLASSES.items():
+        seeds = [s for s in range(5000) if synthetic.item_labels(s)[1] == species][:6]
+        water = int(synthetic.SPECIES_CLASS[species])
+        for sub, bg in (("common-x", water), ("counter-y", 1 - water)):
+            (root / f"{idx} {name}" / sub).mkdir(parents=True)
+            for k, seed in enumerate(seeds):
+                synthetic.render(seed, background=bg).save(root / f"{idx} {name}" / sub / f"{k}.jpg")
+    return root, base / "classes.txt", base / "bank.yaml"
+
+
 @pytest.mark.notebook
 def test_counteranimal_runs_with_reused_heads(tmp_path):
     """CounterAnimal as in the paper: spurious heads reused from elsewhere (heads_from), located
     nowhere here; salient heads located per class on the common split (the default) and injected
-    by pseudo-class; 1000-way zero-shot over ImageNet class prompts; common -> counter backgrounds."""
+    by pseudo-class; 1000-way zero-shot over the class file's names; common -> counter backgrounds."""
     from ltcutils.locate import HeadSelection
 
-    root = tmp_path / "counteranimal"
-    for cls in ("1 goldfish", "296 ice bear", "100 black swan"):
-        for sub, bg in (("common-water", 1), ("counter-earth", 0)):
-            (root / cls / sub).mkdir(parents=True)
-            for k in range(6):
-                synthetic.render(1000 * len(cls) + 10 * bg + k, background=bg).save(root / cls / sub / f"{k}.jpg")
+    root, classes, bank = fabricate_counteranimal(tmp_path / "data")
     heads = HeadSelection(spurious=[(3, 2)], salient=[(3, 1)], rule="manual", groups="true", split="val",
                           data={"dataset": "synthetic"}).save(tmp_path / "waterbirds_heads.json")
     params = {"dataset": "counteranimal", "data_root": str(root), "n_per_group": None, "locate_split": "common",
               "eval_split": "counter", "heads_from": str(heads), "n_random": 3, "n_boot": 20, "n_check": 2,
-              "n_patch_images": 2, "strengths": [0.0, 1.0]}
+              "n_patch_images": 2, "strengths": [0.0, 1.0],
+              "dataset_options": {"classes_file": str(classes), "prompt_bank": str(bank)}}
     run = wb.run_workbook(NO_PROBES, params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
     failed = [n for n in run.notebooks if n.status != "ok"]
     assert not failed, failed[0].error
-    assert run.metrics["03_ablate_heads"]["heads"] == ["L3H2"]
-    assert run.metrics["00_explore_benchmark"]["n_images"] == 18
-    # per-class salient heads: one list per class (ImageNet names of indices 1, 296, 100), never the
-    # reused spurious head; the saved selection's salient heads are their union
-    per_class = run.metrics["02_locate_heads"]["salient_per_class"]
-    assert set(per_class) == {"goldfish", "polar bear", "black swan"}
-    assert all(hs and "L3H2" not in hs for hs in per_class.values())
+    m = run.metrics
+    assert m["03_ablate_heads"]["heads"] == ["L3H2"]
+    assert m["00_explore_benchmark"]["n_images"] == 24  # the counter split: 4 classes x 6
+    assert m["02_locate_heads"]["selection"]["spurious"] == ["L3H2"]
+    # salient heads per class: one list per class, never the reused spurious head; a class with no
+    # head above 1/K (or none correct) takes the file's salient heads; the saved salient list is the union
+    per_class = m["02_locate_heads"]["salient_per_class"]
+    assert set(per_class) == {name for name, _ in CA_CLASSES.values()}
+    table = HeadSelection.load(tmp_path / "wb" / "heads.json").data["per_class"]
+    assert all(row["heads"] == "L3H1" for row in table if row["fallback"])
+    located = [row for row in table if not row["fallback"]]
+    assert located and all(row["n_correct"] > 0 and "L3H2" not in row["heads"] for row in located)
     saved = HeadSelection.load(tmp_path / "wb" / "heads.json")
     assert set(saved.labels("salient")) == {h for hs in per_class.values() for h in hs}
-    assert run.metrics["02_locate_heads"]["selection"]["spurious"] == ["L3H2"]
-    # the bank has concept pairs for two of the three classes ("black swan|goose", "polar bear|brown bear")
-    assert run.metrics["04_inject_knowledge"]["n_directions"] >= 2
-    assert {"inject", "ltc"} <= set(run.metrics["05_compare_methods"])
+    # every class has one pair naming it ("duck|sparrow", "swan|robin"): four one-direction bases
+    assert m["04_inject_knowledge"]["n_directions"] == 4
+    assert {"inject", "ltc", "random"} <= set(m["05_compare_methods"])
 
 
 CELEBA_BANK = """\
