@@ -81,13 +81,12 @@ def gender_bias_table(pred: Mapping[str, np.ndarray], true_logit: Mapping[str, n
     if baseline not in pred:
         raise KeyError(f"the baseline method {baseline!r} is not among {list(pred)}")
     base = metrics.occupation_bias(pred[baseline] == y, y, gender)
+    enough = bool((np.unique(y, return_counts=True)[1] >= k).any())  # the retrieval skew needs k images somewhere
     rows = {}
     for name, p in pred.items():
         b = metrics.bias_summary(metrics.occupation_bias(p == y, y, gender), top_k=top_k, baseline_df=base)
-        try:
-            skew = retrieval_skew_summary(true_logit[name], gender, y, b["top_occupations"], k=k)
-        except ValueError:  # no occupation with k images: the skew is not defined
-            skew = {"max_skew": float("nan"), "top_max_skew": float("nan")}
+        skew = (retrieval_skew_summary(true_logit[name], gender, y, b["top_occupations"], k=k) if enough
+                else {"max_skew": float("nan"), "top_max_skew": float("nan")})  # no occupation has k images
         rows[name] = {"overall_bias": b["overall"], f"top{top_k}_bias": b["top_k"],
                       f"max_skew_at_{k}": skew["max_skew"], f"top{top_k}_max_skew_at_{k}": skew["top_max_skew"]}
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -385,11 +385,6 @@ def locate(
         LocateError: no bias-conflicting images, or no wrong (or no correct) predictions among them.
     """
     y = np.asarray(y)
-    if groups not in ("true", "pseudo", "full"):
-        raise ValueError(f"groups must be 'true', 'pseudo' or 'full', got {groups!r}")
-    if groups in ("true", "pseudo") and locate_groups == "conflicting" and conflicting is None:
-        raise ValueError(f"groups={groups!r} needs the bias-conflicting group ids: pass "
-                         "conflicting=ltc.locate.conflicting_groups(store) (the dataset states them), or use groups='full'")
     if hasattr(model, "describe"):
         model = model.describe()
     m, pred, _ = margins(lens, y, candidates)
