@@ -126,8 +126,10 @@ class Experiment:
             f"{self.dataset} has no class label (its images are ranked by concept prompts, not classified), so "
             f"notebook {notebook} cannot run on it: {why}. On {self.dataset}, run notebooks 00, 01 and 05 and reuse "
             "heads located on a gender benchmark that has a class (GenderBias, as the paper does): "
-            f"`ltc run 00 01 05 -p dataset {self.dataset} -p heads_from <genderbias run>/heads.json`; notebook 05 "
-            "reports MaxSkew@k of the concept rankings before and after ablating those heads.")
+            f"`ltc run 00 01 05 -p dataset {self.dataset} -p locate_split val -p eval_split val "
+            "-p heads_from <genderbias run>/heads.json` (locate_split train takes the head means from other faces "
+            "than those evaluated); notebook 05 reports MaxSkew@k of the concept rankings before and after "
+            "ablating those heads.")
 
     def selections(self, heads_from: str | os.PathLike | None = None) -> tuple:
         """The three saved selections ``(selection, full, paper)`` notebook 05 compares, checked against this model.
