@@ -92,11 +92,13 @@ def test_default_workers(monkeypatch):
     monkeypatch.setattr(ltc.capture, "mp_start_method", lambda: "fork")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert default_workers(10_000) == 1  # two cores: one forward, one decoding
+    assert default_workers(10_000) == 2  # a worker per core; the forward shares them
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     assert default_workers(10_000) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks share the node's 32 cores
-    assert default_workers(10_000) == 3
+    assert default_workers(10_000) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")  # more ranks than cores: still one worker each
+    assert default_workers(10_000) == 1
 
 
 @pytest.mark.parametrize("precision", list(PRECISIONS))
