@@ -180,9 +180,10 @@ def conflicting_groups(source) -> list[int]:
         got = meta["conflicting_groups"] if "conflicting_groups" in meta else conflicting_groups_from_meta(meta)
         name, info = meta["dataset"], meta.get("dataset_info") or {}
     if got is None:
-        hint = ("it has no class label, so no image can conflict with one: locate the heads on another dataset "
-                "(e.g. genderbias) and reuse its heads file (heads_from=...)" if info.get("has_class_label") is False
-                else "pass conflicting=[...] explicitly, or use groups='full'")
+        hint = ("it has no class label, so no image can conflict with one and nothing is classified: locate the "
+                "heads on another dataset (e.g. genderbias) and reuse its heads file (heads_from=...); on it, the "
+                "workbook runs notebooks 00, 01 and 05 (MaxSkew@k of its concept rankings)"
+                if info.get("has_class_label") is False else "pass conflicting=[...] explicitly, or use groups='full'")
         raise LocateError(f"{name} defines no bias-conflicting groups; {hint}")
     return [int(g) for g in got]
 
