@@ -127,3 +127,15 @@ def test_notebooks_that_need_a_class_label_refuse_fairface_saying_what_to_run():
                                          r"it scores accuracy\. .*ltc run 00 01 05 .*heads_from"):
         ex.require_class_label("val", "03_ablate_heads", "it scores accuracy")
     ex.require_class_label("test", "03_ablate_heads", "it scores accuracy")  # a dataset with a class passes
+
+
+def test_fairface_rows_reach_the_report_table():
+    """`ltc report --metrics max_skew` reads FairFace's methods metrics (rows with max_skew, no wg)."""
+    from ltcutils.workbook import paper_table
+    from ltcutils.workbook.report import method_rows
+
+    m = {"zero_shot": {"max_skew": 0.31, "k": 1000}, "ablate": {"max_skew": 0.12, "k": 1000},
+         "random": {"max_skew": 0.3, "max_skew_sd": 0.02}, "signal": {"no_signal": False}}
+    assert list(method_rows(m)) == ["zero_shot", "ablate", "random"]
+    cells = paper_table(m, ["max_skew"])
+    assert cells.iloc[:, 0].tolist() == ["0.31", "0.12", "0.3 ± 0.02"]

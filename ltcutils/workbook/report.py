@@ -260,12 +260,12 @@ def method_rows(metrics: Mapping[str, Any]) -> dict[str, dict]:
 
     Args:
         metrics: e.g. ``metrics/05_compare_methods.json``: ``{method_key: {"wg": ..., ...}, ...}``;
-            an entry is a method when it is a mapping with a ``wg`` value. A ``gender`` section
+            an entry is a method when it is a mapping with a ``wg`` (FairFace: ``max_skew``) value. A ``gender`` section
             (``{row name: {"overall_bias": ...}}``) is merged into the matching rows.
     Returns:
         ``{method_key: metrics}`` ordered by :data:`METHOD_ORDER`'s kinds.
     """
-    found = [(k, dict(v)) for k, v in metrics.items() if isinstance(v, Mapping) and "wg" in v]
+    found = [(k, dict(v)) for k, v in metrics.items() if isinstance(v, Mapping) and ("wg" in v or "max_skew" in v)]
     pos = {k: i for i, (k, _) in enumerate(found)}
     found.sort(key=lambda kv: (method_kind(kv[0]), _KNOWN.get(kv[0], len(_KNOWN)), pos[kv[0]]))
     rows = dict(found)
