@@ -142,6 +142,10 @@ class Experiment:
 
         if heads_from:
             sel = HeadSelection.load(heads_from, model=self.model, layers=self.layers)
+            saved = self.output_dir / "heads.json"  # notebook 02 may have located per-class salient heads on it
+            if saved.is_file() and (here := HeadSelection.load(saved, layers=self.layers)).salient_by_class \
+                    and here.spurious == sel.spurious:
+                return self.selections(None)
             return sel, sel, sel
         return tuple(HeadSelection.load(self.output_dir / name, model=self.model, layers=self.layers)
                      for name in ("heads.json", "heads_full.json", "heads_paper.json"))

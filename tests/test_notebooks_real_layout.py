@@ -255,6 +255,11 @@ def test_counteranimal_runs_with_reused_heads(tmp_path):
     # every class has one pair naming it ("duck|sparrow", "swan|robin"): four one-direction bases
     assert m["04_inject_knowledge"]["n_directions"] == 4
     assert {"inject", "ltc", "random"} <= set(m["05_compare_methods"])
+    # notebook 05 corrects with notebook 02's per-class selection, not the raw heads file it was also given
+    import pandas as pd
+
+    results = pd.read_csv(tmp_path / "wb" / "results.csv", index_col="method")
+    assert results.loc["LTC", "heads"] == ",".join(["L3H2"] + [f"+{h}" for h in saved.labels("salient")])
 
 
 CELEBA_BANK = """\
