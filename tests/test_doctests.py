@@ -10,7 +10,8 @@ import importlib
 import pytest
 
 DOCTESTED = ["ltcutils.hooked", "ltcutils.decompose", "ltcutils.activations", "ltcutils.heads", "ltcutils.lens",
-             "ltcutils.locate", "ltcutils.correct", "ltcutils.baselines", "ltcutils.text", "ltcutils.datasets.registry", "ltcutils.fairness"]
+             "ltcutils.locate", "ltcutils.correct", "ltcutils.baselines", "ltcutils.text", "ltcutils.datasets.registry", "ltcutils.fairness",
+             "ltcutils.classwise", "ltcutils.workbook.probe_rows"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)
