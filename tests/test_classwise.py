@@ -114,6 +114,8 @@ def test_pseudo_classes_and_injection_by_class_by_hand():
     assert torch.allclose(head_delta(heads, [0, 1], corr), E[[3, 1, 3, 1]])
     # the random control keeps each image's number of injected heads, on the drawn heads
     assert bases.reassigned([(1, 0), (0, 1)]).heads == [[(1, 0)], [(1, 0)]]
+    # the live encoder's per-image index keeps each basis's heads; a subset of images too
+    assert bases.with_index([1, 0]).heads == bases.heads and bases.take(np.array([1])).index.tolist() == [1]
     # images whose pseudo-class has no concept pair get no injection, with a warning
     with pytest.warns(UserWarning, match="2 of 4 images"):
         only_fox = classwise.class_concept_bases({0: [(0, 0)], 2: [(1, 1)]}, {"fox|wolf": E[[3]]}, NAMES, logits)
