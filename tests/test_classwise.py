@@ -139,3 +139,32 @@ def test_injection_basis_dispatches_on_the_selection():
     with pytest.raises(ValueError, match="keyed by class pair"):
         classwise.injection_basis({"injection_basis": E[[0]], "injection_keyed": None}, names, split.lens,
                                   selection=per_class)
+
+
+def test_per_class_salient_heads_on_located_spurious_heads():
+    """Without a heads file: the contrast-located selections, each with per-class salient heads.
+
+    Eight images, groups 2y + s = 0,0,1,1,2,2,3,3; L0H0 writes a * e_s (a = 1 for images 3 and 5,
+    else 2), L1H1 writes 1.5 e_y. Conflicting images 2 and 4 are wrong (top head L0H0), 3 and 5
+    right (top L1H1): the 1/K rule makes L0H0 spurious, L1H1 salient. Per class, the correct
+    images' top heads are L0H0 x2 and L1H1 (class 0: images 0, 1, 3), so F(L0H0) = 2/3 > 1/2, but
+    it is spurious: the class falls back to L1H1; class 1 likewise. LTC-full contrasts all images
+    (L0H0: 1 - 4/6, below 1/K) and selects nothing, so its classes keep L0H0."""
+    g = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    y, s = g // 2, g % 2
+    heads = np.zeros((8, 2, 2, 2), dtype=np.float32)
+    heads[np.arange(8), 0, 0, s] = [2, 2, 2, 1, 2, 1, 2, 2]
+    heads[np.arange(8), 1, 1, y] = 1.5
+    terms = Terms(heads, np.zeros((8, 1, 2), np.float32), None, np.ones(8, np.float32), (0, 1), True)
+    split = EvalSplit(logit_lens(terms, torch.eye(2)), terms, y, g, ["a/u", "a/v", "b/u", "b/v"], spurious=s,
+                      meta={"dataset": "waterbirds"})
+    located = select_heads(split, torch.zeros(2, 2, 2), "val", rule="threshold", conflicting=[1, 2],
+                           salient="per_class")
+    sel, full = located.selection, located.full
+    assert sel.spurious == [(0, 0)] and sel.salient_by_class == {0: [(1, 1)], 1: [(1, 1)]}
+    assert sel.salient == [(1, 1)] and sel.counts["per_class_fallback"] == 2
+    assert located.paper.salient_by_class == sel.salient_by_class
+    assert full.spurious == [] and full.salient_by_class == {0: [(0, 0)], 1: [(0, 0)]}
+    # the same split's default for Waterbirds is the contrast: no per-class lists
+    assert select_heads(split, torch.zeros(2, 2, 2), "val", rule="threshold", conflicting=[1, 2]).selection \
+        .salient_by_class == {}
