@@ -8,14 +8,15 @@ env:
 workbook: env
 	HF_HUB_OFFLINE=1 .venv/bin/ltc run --out runs/default
 
-# The test suite (what CI runs): unit tests, notebook runs, the browser tests.
+# The test suite (what CI runs): unit tests, notebook runs, the browser tests. Two pytest
+# processes (pytest-xdist), each test file whole on one of them, so a file's shared runs (the CI
+# workbook run, one run per real layout) are made once.
 test: env browser
-	HF_HUB_OFFLINE=1 .venv/bin/pytest -q
+	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -n 2 --dist loadfile
 
 # The fast tier: everything but notebook runs, browser tests, process-level integration tests
 # (torchrun ranks, a wheel in a scratch venv, sweeps, a tmpfs), real-size towers (ViT-B-16 / L-14
-# at 224 px) and opt-in slow tests. Two pytest processes (pytest-xdist), each test file whole on
-# one of them, so module fixtures are built once.
+# at 224 px) and opt-in slow tests; two processes as above.
 test-fast: env
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -n 2 --dist loadfile -m "not notebook and not browser and not integration and not realsize and not slow"
 
