@@ -138,23 +138,27 @@ def fabricate_fairface(root: Path, per_gender: dict[str, int]) -> Path:
 @pytest.mark.notebook
 def test_fairface_reuses_genderbias_heads(genderbias_run, tmp_path):
     """FairFace as in the paper: no class, nothing located; the GenderBias run's heads are ablated
-    (heads_from) and every row is scored by MaxSkew@k of the ten concept rankings (k capped at the
-    split size). Notebook 02 refuses it, saying what to run instead."""
+    (heads_from) and every row is scored by MaxSkew@k of the ten concept rankings (k = 6 here: the
+    default 1000 is capped at the split size, 20, whose gender mix is exactly even, so every skew
+    would be 0). Notebook 02 refuses it, saying what to run instead."""
     root = fabricate_fairface(tmp_path / "fairface", {"train": 8, "val": 10})
     heads = genderbias_run.out / "heads.json"
     params = {"dataset": "fairface", "data_root": str(root), "n_per_group": None, "locate_split": "train",
-              "eval_split": "val", "heads_from": str(heads), "n_random": 3, "n_boot": 20, "n_check": 2}
+              "eval_split": "val", "heads_from": str(heads), "n_random": 3, "n_boot": 20, "n_check": 2,
+              "skew_k": 6}
     run = wb.run_workbook(["00", "01", "05"], params=params, out=tmp_path / "wb", raise_on_error=False, progress=False)
     failed = [n for n in run.notebooks if n.status != "ok"]
     assert not failed, failed[0].error
     m = run.metrics
-    assert m["00_explore_benchmark"]["n_images"] == 20 and m["00_explore_benchmark"]["zero_shot"]["k"] == 20
+    assert m["00_explore_benchmark"]["n_images"] == 20 and m["00_explore_benchmark"]["zero_shot"]["k"] == 6
     assert set(m["00_explore_benchmark"]["concept_skew"]) == {"good", "evil", "smart", "dumb", "attractive",
                                                              "unattractive", "lawful", "criminal", "friendly",
                                                              "unfriendly"}
     table = m["05_compare_methods"]
     assert {"zero_shot", "ortho_cali", "roboshot", "ablate", "random"} <= set(table)
+    # the same ranking read by notebook 00 (concept_skew_frame) and by notebook 05's table (skew_methods_table)
     assert table["zero_shot"]["max_skew"] == pytest.approx(m["00_explore_benchmark"]["zero_shot"]["max_skew"])
+    assert all(table[r]["k"] == 6 for r in ("zero_shot", "ortho_cali", "roboshot", "ablate"))
     # MaxSkew with a uniform prior over two genders lies in [0, log 2]
     assert all(0 <= table[r]["max_skew"] <= np.log(2) + 1e-9 for r in ("zero_shot", "ablate", "random"))
     located = HeadSelection.load(heads)
@@ -162,7 +166,7 @@ def test_fairface_reuses_genderbias_heads(genderbias_run, tmp_path):
     csv_text = (tmp_path / "wb" / "results.csv").read_text()
     assert ",".join(located.labels("spurious")) in csv_text  # the ablate row names the reused heads
     refused = wb.run_workbook(["02"], params={k: v for k, v in params.items() if k not in ("n_random", "n_boot",
-                                                                                             "n_check")},
+                                                                                             "n_check", "skew_k")},
                               out=tmp_path / "wb", raise_on_error=False, progress=False)
     assert refused.notebooks[0].status != "ok"
     assert "fairface has no class label" in refused.notebooks[0].error and "heads_from" in refused.notebooks[0].error
