@@ -54,7 +54,7 @@ import torch
 
 from .datasets.base import DatasetError, GroupDataset
 from .decompose import _layer_list, decompose
-from .store import ActivationStore, StoreError, StoreMismatchError, open_writer, store_dir, store_spec
+from .store import ActivationStore, StoreError, StoreMismatchError, open_writer, store_dir, store_spec, verify_shards
 
 __all__ = ["capture", "default_workers", "PRECISIONS", "TOLERANCE", "SERIAL_BELOW", "SERIAL_BELOW_SPAWNED", "main", "parser", "torchrun_command"]
 
@@ -236,6 +236,7 @@ def capture(
     progress: bool = True,
     num_workers: int | None = None,
     precision: str = "fp32",
+    verify: bool | None = None,
 ) -> ActivationStore:
     """Decompose every image of ``dataset`` and stream the terms to disk; resume if interrupted.
 
@@ -255,6 +256,10 @@ def capture(
             in this process (the serial path).
         precision: "fp32", "fp16" or "bf16" for the forward (autocast on the model's device);
             a store made at another precision than fp32 records it, so it is not mixed up.
+        verify: read the finished store back and compare every shard with the digest its writer
+            recorded (:func:`~ltcutils.store.verify_shards`); None (default) does it after a
+            capture by several processes only, on rank 0. Shards that differ lose their record
+            and the capture raises, so rerunning the same command recomputes exactly those.
 
     Under an initialised ``torch.distributed`` process group (``torchrun``), every rank must call
     this with the same arguments; each writes its share of the missing shards.
@@ -264,6 +269,7 @@ def capture(
 
     Raises:
         StoreMismatchError: a store at the path was made from another model / data / settings.
+        StoreError: with ``verify``, shards read back differently from what was written.
         DatasetError: an image cannot be read (and ``skip_bad`` is False). Finished shards stay.
         ValueError: an unknown ``mlps``, ``dtype`` or ``precision``, or ``batch_size`` < 1.
     """
@@ -297,6 +303,16 @@ def capture(
               precision, dev, batch_size, world)
     if dist is not None:
         dist.barrier()  # every rank's shards are committed before anyone opens the finished store
+    if verify or (verify is None and world > 1 and not isinstance(writer, ActivationStore)):
+        bad = verify_shards(path, drop=True) if rank == 0 else None
+        if dist is not None:
+            bad = _share(dist, dev, bad)
+        if bad:
+            raise StoreError(
+                f"the store at {path}: shards {bad} read back differently from what their process wrote, so their "
+                "records were removed; rerun the same command to recompute exactly those. Across several nodes "
+                "this means the shared filesystem does not keep memory-mapped writes by different nodes to one "
+                "file page apart (NFS and similar): capture on one node, or give each node its own store")
     return writer if isinstance(writer, ActivationStore) else writer.close()
 
 

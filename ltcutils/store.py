@@ -292,6 +292,52 @@ def _shard_file(path: Path, s: int) -> Path:
     return path / SHARDS / f"{s:06d}.json"
 
 
+def shard_digest(arrays: dict[str, np.ndarray], rows: range) -> str:
+    """SHA-256 (first 32 hex digits) of the bytes of ``rows`` in every array, arrays in name order.
+
+    Recorded by the writer when it commits a shard (from its own mapping) and recomputed by
+    :func:`verify_shards` from a fresh read of the files: the two differ when what reached the
+    file is not what the rank wrote.
+    """
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name][rows.start:rows.stop]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def verify_shards(path: str | os.PathLike, drop: bool = False) -> list[int]:
+    """The committed shards whose bytes on disk differ from the digest their writer recorded.
+
+    Reads the whole store once, a shard at a time. Shards recorded without a digest (stores
+    written before digests were kept) are not checked.
+
+    Args:
+        path: the store folder.
+        drop: remove the records of the shards that differ, so the next capture into this
+            store recomputes exactly those.
+
+    Returns:
+        The differing shard numbers, sorted (empty when every checked shard reads back as written).
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    _check_meta(path, meta)
+    arrays = {k: _open_array(path, k, shape) for k, shape in _expected_shapes(meta).items()}
+    size, n, bad = int(meta["shard_size"]), int(meta["n"]), []
+    for s in sorted(_done_shards(path, meta)):
+        rec = json.loads(_shard_file(path, s).read_text(encoding="utf-8"))
+        if "digest" not in rec:
+            continue
+        if shard_digest(arrays, range(s * size, min((s + 1) * size, n))) != rec["digest"]:
+            bad.append(s)
+    arrays.clear()
+    if drop:
+        for s in bad:
+            _shard_file(path, s).unlink(missing_ok=True)
+    return bad
+
+
 def _done_shards(path: Path, meta: dict) -> set[int]:
     """Shards whose record names this allocation (``store_id``) and fingerprint.
 

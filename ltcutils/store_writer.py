@@ -26,7 +26,7 @@ from .datasets.base import DatasetError, GroupDataset
 from .io import atomic_write
 from .store import (_ARRAYS, FORMAT_VERSION, SHARDS, ActivationStore, StoreError, StoreMismatchError,
                     _canonical, _check_meta, _checksum, _done_shards, _expected_shapes, _fingerprint, _open_array,
-                    _read_meta, _shard_file, _vit_size)
+                    _read_meta, _shard_file, _vit_size, shard_digest)
 
 __all__ = ["StoreWriter", "open_writer"]
 
@@ -101,6 +101,7 @@ class StoreWriter:
         if "rest" in a:
             a["rest"][rows] = d.rest.cpu().numpy()
         a["norm"][rows] = d.norm.cpu().numpy()
+        a["valid"][rows] = True  # a row redone after an earlier attempt marked it unreadable is valid again
 
     def mark_invalid(self, rows: np.ndarray) -> None:
         """Record images that could not be read (``store.valid`` is False there)."""
@@ -113,7 +114,7 @@ class StoreWriter:
             mm.flush()
         n_bad = int((~np.asarray(self._arrays["valid"][rows.start:rows.stop])).sum())
         rec = {"store_id": self.meta["store_id"], "fingerprint": self.meta["fingerprint"], "shard": s,
-               "rows": [rows.start, rows.stop], "invalid": n_bad}
+               "rows": [rows.start, rows.stop], "invalid": n_bad, "digest": shard_digest(self._arrays, rows)}
         atomic_write(_shard_file(self.path, s), json.dumps(rec))
 
     def close(self) -> "ActivationStore":

@@ -130,3 +130,49 @@ def test_summed_mlp_terms_keep_the_identity(tiny, tmp_path):
     assert summed.nbytes_per_image() < each.nbytes_per_image()
     with pytest.raises(ValueError, match="mlps must be"):
         capture(tiny, ds, path=tmp_path / "bad", mlps="some", progress=False)
+
+
+def test_shard_digests_catch_bytes_that_did_not_reach_the_file_and_the_rerun_redoes_only_those(tiny, tmp_path):
+    """What reached disk is checked against what the writer wrote: a shard changed behind the
+    writer's back (as a page written back by another node would) is found, loses its record,
+    and the next capture recomputes exactly that shard."""
+    from ltcutils.store import verify_shards
+
+    ds = make_fake_dataset(24)
+    st = capture(tiny, ds, tmp_path, batch_size=4, shard_size=8, progress=False)
+    path, ref = st.path, np.array(st.heads)
+    recs = [json.loads((path / "shards" / f"{s:06d}.json").read_text()) for s in range(3)]
+    assert all(len(r["digest"]) == 32 for r in recs) and len({r["digest"] for r in recs}) == 3
+    assert verify_shards(path) == []
+    del st
+    heads = np.load(path / "heads.npy", mmap_mode="r+")
+    heads[9, 0, 0, :4] = 7.0  # row 9 is in shard 1; one stale page is enough
+    heads.flush()
+    del heads
+    valid = np.load(path / "valid.npy", mmap_mode="r+")
+    valid[23] = False  # shard 2, another array
+    valid.flush()
+    del valid
+    assert verify_shards(path) == [1, 2]
+    assert verify_shards(path, drop=True) == [1, 2]
+    assert sorted(p.name for p in (path / "shards").iterdir()) == ["000000.json"]
+    calls = {"n": 0}
+    load = ds.load_image
+
+    def counting(i):
+        calls["n"] += 1
+        return load(i)
+
+    ds.load_image = counting
+    st = capture(tiny, ds, tmp_path, batch_size=4, shard_size=8, progress=False, verify=True)
+    # valid.all(): a redone row is valid again (the writer used to leave an earlier False in place)
+    assert calls["n"] == 16 and np.array_equal(np.asarray(st.heads), ref) and st.valid.all()
+    assert verify_shards(path) == []
+
+
+def test_capture_with_verify_raises_naming_the_shards_and_keeps_the_good_ones(tiny, tmp_path, monkeypatch):
+    import ltcutils.capture as cap
+
+    monkeypatch.setattr(cap, "verify_shards", lambda path, drop=False: [2])
+    with pytest.raises(StoreError, match=r"shards \[2\] read back differently.*rerun the same command"):
+        capture(tiny, make_fake_dataset(24), tmp_path, batch_size=4, shard_size=8, progress=False, verify=True)
