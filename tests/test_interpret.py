@@ -395,3 +395,21 @@ def test_shapley_heads():
     assert df.name.tolist() == ["L0H1", "L1H0", "L1H1"]
     assert df.shapley.tolist() == pytest.approx([0.25, -0.1, 0.1])
     assert df.shapley.sum() == pytest.approx(df.attrs["value_all"] - df.attrs["value_empty"])
+
+
+def test_margin_spread_by_hand():
+    # 4 images, 1 layer (model layer 5), 3 heads; the mask keeps images 0, 1, 3
+    m = np.array([[[1.0, 2.0, 0.0]],
+                  [[1.0, -1.0, 3.0]],
+                  [[9.0, 9.0, 9.0]],
+                  [[1.0, 5.0, 0.0]]])
+    t = it.margin_spread(m, np.array([True, True, False, True]), [(5, 0), (5, 1), (5, 2)], layers=[5],
+                         oracle=np.array([[0.3, 0.0, -0.1]]))
+    assert list(t["head"]) == ["L5H0", "L5H1", "L5H2"]
+    # H0: always 1 (steady, never on top); H1: 2, -1, 5 (mean 2, population sd sqrt(6)); H2: 0, 3, 0
+    assert np.allclose(t["mean"], [1.0, 2.0, 1.0]) and np.allclose(t["sd"], [0.0, math.sqrt(6.0), math.sqrt(2.0)])
+    assert np.allclose(t["top_share"], [0.0, 2 / 3, 1 / 3]) and np.allclose(t["oracle"], [0.3, 0.0, -0.1])
+    with pytest.raises(ValueError, match="selects no image"):
+        it.margin_spread(m, np.zeros(4, bool), [(5, 0)], layers=[5])
+    with pytest.raises(ValueError, match="L4H0 is not in the table"):
+        it.margin_spread(m, np.ones(4, bool), [(4, 0)], layers=[5])

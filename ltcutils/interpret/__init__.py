@@ -29,8 +29,8 @@ Example (TextSpan on a stored decomposition)::
 """
 
 from .attributions import CaptionValue, head_text_value, shapley_values, word_shapley
-from .importance import (ablation_importance, average_ranks, grade_heads, kendall_tau, plot_importance_heatmap,
-                         plot_scores_vs_oracle, shapley_heads, spearman)
+from .importance import (ablation_importance, average_ranks, grade_heads, kendall_tau, margin_spread,
+                         plot_importance_heatmap, plot_scores_vs_oracle, shapley_heads, spearman)
 from .patches import model_view, patch_margin_map, pick_examples, plot_patch_map
 from .textspan import TEXT_POOL_DIR, list_text_pools, load_text_pool, textspan, textspan_heads
 
@@ -52,6 +52,7 @@ __all__ = [
     "spearman",
     "kendall_tau",
     "grade_heads",
+    "margin_spread",
     "plot_scores_vs_oracle",
     "ablation_importance",
     "plot_importance_heatmap",

@@ -303,3 +303,57 @@ def shapley_heads(
                        "head": [h for _, h in hs], "shapley": phi})
     df.attrs.update(value_all=v_all, value_empty=v_empty)
     return df
+
+
+def margin_spread(
+    margin: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+    heads: Sequence[Head],
+    layers: Sequence[int] | None = None,
+    oracle: np.ndarray | torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """How steady each head's push is: mean and sd of its margin over the masked images, and how
+    often it is the top head there.
+
+    The counting rule sees a head only on images where it is the single largest contributor.
+    A head that pushes the same way on every image but is always second never counts; a head
+    that carries nothing on average but varies a lot counts whenever it happens to be largest,
+    and more often on the images the model gets wrong. This table shows both.
+
+    Args:
+        margin: ``[n, layer, head]`` per-head margins (:func:`ltcutils.locate.margins`).
+        mask: ``[n]`` the images to summarise (e.g. the wrong bias-conflicting ones).
+        heads: the heads to list, ``(layer, head)`` with the model's layer index.
+        layers: the model layer of each row of ``margin`` (default ``0..layer-1``).
+        oracle: optional ``[layer, head]`` true effect, added as a column.
+
+    Returns:
+        one row per head: ``head``, ``mean``, ``sd`` (population sd over the masked images),
+        ``top_share`` (share of the masked images whose largest margin is this head's), and
+        ``oracle`` when given.
+
+    Raises:
+        ValueError: ``mask`` selects no image or does not match ``margin``, or a head is not in the table.
+    """
+    m = np.asarray(margin.detach().cpu() if isinstance(margin, torch.Tensor) else margin, dtype=np.float64)
+    keep = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+    if m.ndim != 3 or keep.shape != (m.shape[0],):
+        raise ValueError(f"margin must be [n, layer, head] and mask [n], got {m.shape} and {keep.shape}")
+    if not keep.any():
+        raise ValueError("mask selects no image: nothing to summarise")
+    rows = _head_rows(layers, m.shape[1])
+    sub = m[keep]
+    top = np.bincount(sub.reshape(len(sub), -1).argmax(1), minlength=m.shape[1] * m.shape[2]) / len(sub)
+    o = None if oracle is None else np.asarray(oracle, dtype=np.float64)
+    out = []
+    for l, h in heads:
+        l, h = int(l), int(h)
+        if l not in rows or not 0 <= h < m.shape[2]:
+            raise ValueError(f"head L{l}H{h} is not in the table (layers {rows}, {m.shape[2]} heads)")
+        r = rows.index(l)
+        row = {"head": head_label(l, h), "mean": float(sub[:, r, h].mean()), "sd": float(sub[:, r, h].std()),
+               "top_share": float(top[r * m.shape[2] + h])}
+        if o is not None:
+            row["oracle"] = float(o[r, h])
+        out.append(row)
+    return pd.DataFrame(out)
