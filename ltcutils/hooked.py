@@ -26,7 +26,8 @@ Hook names (a TransformerLens user will recognise them)::
 
 "Computed only when hooked" means: when a forward *or* backward hook is registered on the
 point (``HookPoint.has_hooks``), the unfused path runs and the point fires; otherwise the fused
-kernel runs. ``hook_result`` is each head's output *including* LayerScale and *excluding* the
+kernel runs. Each LayerNorm likewise computes its statistics by hand only when one of its three
+points is hooked, and runs ``F.layer_norm`` otherwise. ``hook_result`` is each head's output *including* LayerScale and *excluding* the
 out_proj bias, so ``hook_attn_out == hook_result.sum(head) + ls_1 * b_O``; likewise
 ``hook_mlp_out == (hook_post @ W_out + b_out) * ls_2`` (``ls`` = 1 without LayerScale).
 
@@ -169,6 +170,8 @@ class HookedLayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (self.hook_mean.has_hooks() or self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)  # nothing looks: fused
         mean = self.hook_mean(x.mean(-1, keepdim=True))
         centred = x - mean
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())

@@ -80,6 +80,23 @@ def test_run_with_cache_names_and_shapes(tiny):
     assert torch.allclose(out, tiny.hooked(px), atol=1e-5)
 
 
+def test_layer_norm_is_fused_unless_one_of_its_points_is_hooked(tiny):
+    px = _tiny_px(tiny, 2)
+    base = tiny.hooked(px)
+    seen = []
+
+    def double_scale(scale, hook):
+        seen.append(hook.name)
+        return scale * 2
+
+    edited = tiny.hooked.run_with_hooks(px, fwd_hooks=[("blocks.0.ln1.hook_scale", double_scale)])
+    assert seen == ["blocks.0.ln1.hook_scale"] and not torch.allclose(edited, base, atol=1e-4)
+    # a hook that only looks (returns nothing) runs the hand-written statistics: same output as fused
+    looked = tiny.hooked.run_with_hooks(px, fwd_hooks=[(f"blocks.{l}.ln{i}.hook_normalized", lambda x, hook: None)
+                                                       for l in range(tiny.hooked.cfg.n_layers) for i in (1, 2)])
+    assert torch.allclose(looked, base, atol=1e-6)
+
+
 def test_run_with_hooks_edits_and_cleans_up(tiny):
     px = _tiny_px(tiny, 2)
     base = tiny.hooked(px)
